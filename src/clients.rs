@@ -1,0 +1,244 @@
+//! Client requests: reading HTTP heads and the life of an [`Exchange`].
+//!
+//! An exchange starts when a request is routed: the mailbox is opened, the
+//! subscriber registered, the head and the backlog (gap notice first, then
+//! retained messages after the resume point) queued. From then on messages
+//! arrive through [`Conns::deliver`](crate::conn::Conns::deliver); a stream
+//! also gets a heartbeat every interval, and a long-poll is answered at the
+//! end of the turn that woke it, or empty when its hold runs out. Nothing
+//! here knows a wire format beyond asking the connection to frame a head or a
+//! body, which is what lets every gateway share it.
+
+use std::time::Instant;
+
+use crate::codec::Status;
+use crate::conn::{Close, Conn, Exchange, HttpPhase, Proto, ReadEnd, discard_input, read_into, sub_id};
+use crate::gateway::http;
+use crate::outbuf::Chunk;
+use crate::request::{Head, Rejection, Route, Status as HttpStatus, route};
+use crate::server::Server;
+use crate::store::StoreError;
+use crate::timer::HEAD_SLOT;
+use crate::transport::{Transport, poll_body};
+
+impl Server {
+    /// Reads what an HTTP client sent, then acts on complete request heads.
+    pub(crate) fn http_readable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Proto::Http(h) = &mut conn.proto else { return };
+        let result = match &h.phase {
+            HttpPhase::Head { .. } => read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD),
+            // A keep-alive long-poll client may pipeline its next request.
+            HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
+                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD)
+            }
+            HttpPhase::Active(_) => discard_input(&mut conn.socket),
+        };
+        match result {
+            Ok(ReadEnd::Blocked | ReadEnd::Full) => self.http_process(key, now),
+            Ok(ReadEnd::Eof) => {
+                log::debug!("conn={key} http client went away");
+                self.conns.close(key, Close::Now);
+            }
+            Err(e) => {
+                log::debug!("conn={key} http read failed: {e}");
+                self.conns.close(key, Close::Now);
+            }
+        }
+    }
+
+    /// Handles every complete request head buffered on a connection in the head phase.
+    fn http_process(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(conn) = self.conns.slab.get_mut(key) else { return };
+            let Proto::Http(h) = &mut conn.proto else { return };
+            if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head { .. }) {
+                return;
+            }
+            let (routed, used, keep_alive) = match http::parse(&h.inbuf) {
+                Ok(Status::Partial) => return,
+                Ok(Status::Complete((head, used))) => (route(&head.request), used, head.keep_alive),
+                Err(e) => {
+                    log::debug!("conn={key} http {e}");
+                    h.keep_alive = false;
+                    self.reject(key, Rejection::new(HttpStatus::BadRequest, e.to_string()), now);
+                    return;
+                }
+            };
+            h.inbuf.drain(..used);
+            if h.inbuf.is_empty() {
+                h.inbuf = Vec::new();
+            }
+            h.keep_alive = keep_alive;
+            let started = match routed {
+                Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
+                Ok(_) => Err(Rejection::new(HttpStatus::ServiceUnavailable, "shutting down")),
+                Err(rejection) => Err(rejection),
+            };
+            if let Err(rejection) = started {
+                self.reject(key, rejection, now);
+            }
+        }
+    }
+
+    /// Answers a refused request with a short text body and closes after it.
+    pub(crate) fn reject(&mut self, key: usize, rejection: Rejection, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        log::debug!("conn={key} {} rejected: {} {}", conn.proto.name(), rejection.status.code_reason().0, rejection.message);
+        if let Proto::Http(h) = &mut conn.proto {
+            h.keep_alive = false;
+        }
+        let body = format!("{}\n", rejection.message).into_bytes();
+        conn.push_head(0, &Head::sized(rejection.status, "text/plain; charset=utf-8", body.len()));
+        conn.out.push(Chunk::Owned(body));
+        self.finish(key, 0, true, now);
+    }
+
+    /// Opens the mailbox and either answers at once or parks the request.
+    pub(crate) fn start_exchange(&mut self, key: usize, rid: u16, route: Route, now: Instant) -> Result<(), Rejection> {
+        let mailbox = self.store.open(&route.mailbox, now).map_err(unavailable)?;
+        let sub = sub_id(key, rid);
+        if route.transport == Transport::Poll {
+            let backlog = self.store.backlog(mailbox, route.resume).ok_or_else(|| unavailable(StoreError::NotFound))?;
+            if backlog.gap || backlog.messages.len() > 0 {
+                let body = poll_body(backlog.messages, backlog.last_id, backlog.gap);
+                self.send_answer(key, rid, body, now);
+                return Ok(());
+            }
+            let since = route.resume.unwrap_or(backlog.last_id);
+            self.store.subscribe(mailbox, sub).map_err(unavailable)?;
+            let deadline = now + self.config.poll_timeout;
+            self.park(key, rid, Exchange { mailbox, transport: Transport::Poll, since, subscribed: true, deadline });
+            log::debug!("conn={key} mailbox={} long-poll held since {since}", route.mailbox);
+            return Ok(());
+        }
+        self.store.subscribe(mailbox, sub).map_err(unavailable)?;
+        let transport = route.transport;
+        let deadline = now + self.config.heartbeat;
+        self.park(key, rid, Exchange { mailbox, transport, since: 0, subscribed: true, deadline });
+        let scratch = &mut self.conns.scratch;
+        scratch.extend(transport.preamble(self.config.retry_ms));
+        if let Some(backlog) = self.store.backlog(mailbox, route.resume) {
+            if backlog.gap {
+                transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
+            }
+            for msg in backlog.messages {
+                transport.message(msg, scratch);
+            }
+        }
+        let conn = &mut self.conns.slab[key];
+        conn.push_head(rid, &Head::stream(transport));
+        conn.push_body(rid, scratch);
+        self.conns.schedule_flush(key);
+        log::debug!("conn={key} mailbox={} {transport:?} subscribed", route.mailbox);
+        Ok(())
+    }
+
+    fn park(&mut self, key: usize, rid: u16, exchange: Exchange) {
+        self.timers.insert(exchange.deadline, key, rid as u32);
+        if let Some(Conn { proto: Proto::Http(h), .. }) = self.conns.slab.get_mut(key) {
+            h.phase = HttpPhase::Active(exchange);
+        }
+    }
+
+    /// A heartbeat or a long-poll hold came due.
+    pub(crate) fn exchange_timer(&mut self, key: usize, rid: u16, at: Instant, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        if conn.close != Close::No {
+            return;
+        }
+        let Some(ex) = conn.exchange_mut(rid) else { return };
+        if ex.deadline != at {
+            return;
+        }
+        if ex.transport == Transport::Poll {
+            self.answer_poll(key, rid, now);
+            return;
+        }
+        let transport = ex.transport;
+        ex.deadline = now + self.config.heartbeat;
+        self.timers.insert(ex.deadline, key, rid as u32);
+        self.conns.scratch.extend(transport.heartbeat());
+        conn.push_body(rid, &mut self.conns.scratch);
+        if conn.out.len() > self.config.max_output {
+            log::warn!("conn={key} {} output over max-output at heartbeat: closing slow client", conn.proto.name());
+            self.conns.counters.slow_closed += 1;
+            self.conns.close(key, Close::Now);
+        } else {
+            self.conns.schedule_flush(key);
+        }
+    }
+
+    /// Answers every long-poll that a delivery or a `DROP` woke this turn.
+    pub(crate) fn answer_polls(&mut self, now: Instant) {
+        while let Some((key, rid)) = self.conns.answers.pop() {
+            self.answer_poll(key, rid, now);
+        }
+    }
+
+    /// Answers a held long-poll with what its mailbox has after `since`
+    /// (nothing, on a timeout or after a `DROP`).
+    fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        if conn.close != Close::No {
+            return;
+        }
+        let Some(ex) = conn.exchange_mut(rid) else { return };
+        if ex.transport != Transport::Poll {
+            return;
+        }
+        let (mailbox, since, subscribed) = (ex.mailbox, ex.since, ex.subscribed);
+        ex.subscribed = false;
+        if subscribed {
+            self.store.unsubscribe(mailbox, sub_id(key, rid), now);
+        }
+        let body = match self.store.backlog(mailbox, Some(since)) {
+            Some(b) => poll_body(b.messages, b.last_id.max(since), b.gap),
+            None => poll_body(std::iter::empty(), since, false),
+        };
+        self.send_answer(key, rid, body, now);
+        self.http_process(key, now);
+    }
+
+    fn send_answer(&mut self, key: usize, rid: u16, body: Vec<u8>, now: Instant) {
+        let conn = &mut self.conns.slab[key];
+        conn.push_head(rid, &Head::sized(HttpStatus::Ok, Transport::Poll.content_type(), body.len()));
+        conn.out.push(Chunk::Owned(body));
+        self.conns.counters.written += 1;
+        self.finish(key, rid, true, now);
+    }
+
+    /// Ends a request whose mailbox was dropped or whose server is stopping.
+    pub(crate) fn end_exchange(&mut self, key: usize, rid: u16, now: Instant) {
+        let Some(ex) = self.conns.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) else { return };
+        if ex.transport == Transport::Poll {
+            self.conns.answers.push((key, rid));
+            return;
+        }
+        if ex.subscribed {
+            ex.subscribed = false;
+            let mailbox = ex.mailbox;
+            self.store.unsubscribe(mailbox, sub_id(key, rid), now);
+        }
+        self.finish(key, rid, false, now);
+    }
+
+    /// Completes a response: the connection goes back to reading heads
+    /// (keep-alive) or closes once its output is written; either way under a
+    /// deadline. Callers outside [`Server::http_process`] then run it for
+    /// requests the client already pipelined.
+    fn finish(&mut self, key: usize, rid: u16, sized: bool, now: Instant) {
+        let deadline = now + self.config.request_timeout;
+        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        conn.finish(rid, sized, deadline);
+        self.timers.insert(deadline, key, HEAD_SLOT);
+        self.conns.schedule_flush(key);
+    }
+}
+
+fn unavailable(e: StoreError) -> Rejection {
+    match e {
+        StoreError::TooManySubscribers => Rejection::new(HttpStatus::TooManyRequests, e.to_string()),
+        _ => Rejection::new(HttpStatus::ServiceUnavailable, e.to_string()),
+    }
+}

@@ -1,0 +1,364 @@
+//! Settings: defaults, the command line, the TOML file, and their checks.
+//!
+//! Every setting has one name, used both as `--flag` and as TOML key.
+//! Precedence: built-in default < `--config` file < command line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::StoreLimits;
+
+/// Where a listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address such as `127.0.0.1:8420`.
+    Tcp(SocketAddr),
+    /// A Unix stream socket path (`unix:/run/mailboxd/http.sock`).
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    /// Parses `HOST:PORT` or `unix:PATH`.
+    pub fn parse(s: &str) -> Result<ListenAddr, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("'{s}' is neither HOST:PORT (e.g. 127.0.0.1:8420) nor unix:PATH"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The HTTP listener used when none is configured.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:8420";
+/// The control socket used when none is configured (also `mailboxctl`'s default).
+pub const DEFAULT_CONTROL: &str = "/tmp/mailboxd.sock";
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listeners.
+    pub http: Vec<ListenAddr>,
+    /// Control socket path.
+    pub control: PathBuf,
+    /// Messages retained per mailbox.
+    pub retain: usize,
+    /// Payload bytes retained per mailbox.
+    pub retain_bytes: usize,
+    /// Concurrent requests per mailbox.
+    pub max_subscribers: usize,
+    /// Idle time after which a mailbox expires.
+    pub mailbox_ttl: Duration,
+    /// Interval between keep-alives on streams; below nginx's 60 s read timeout.
+    pub heartbeat: Duration,
+    /// How long a long-poll is held before an empty answer.
+    pub poll_timeout: Duration,
+    /// Largest payload a backend may deliver.
+    pub max_message: usize,
+    /// Output queued for one client before it is disconnected as too slow.
+    pub max_output: usize,
+    /// Client connections held at once; more are answered 503.
+    pub max_connections: usize,
+    /// Mailboxes in the store.
+    pub max_mailboxes: usize,
+    /// Groups in the store.
+    pub max_groups: usize,
+    /// Time a client has to send its request head (slow-loris guard).
+    pub request_timeout: Duration,
+    /// SSE `retry:` hint sent to browsers, in milliseconds.
+    pub retry_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            http: vec![ListenAddr::parse(DEFAULT_HTTP).expect("valid default")],
+            control: PathBuf::from(DEFAULT_CONTROL),
+            retain: 100,
+            retain_bytes: 1 << 20,
+            max_subscribers: 16,
+            mailbox_ttl: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(20),
+            poll_timeout: Duration::from_secs(30),
+            max_message: 64 << 10,
+            max_output: 1 << 20,
+            max_connections: 10_000,
+            max_mailboxes: 1_000_000,
+            max_groups: 100_000,
+            request_timeout: Duration::from_secs(10),
+            retry_ms: 2000,
+        }
+    }
+}
+
+impl Config {
+    /// The store's share of the settings.
+    pub fn store_limits(&self) -> StoreLimits {
+        StoreLimits {
+            retain: self.retain,
+            retain_bytes: self.retain_bytes,
+            max_subscribers: self.max_subscribers,
+            mailbox_ttl: self.mailbox_ttl,
+            max_mailboxes: self.max_mailboxes,
+            max_groups: self.max_groups,
+        }
+    }
+
+    /// Checks relations between settings.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("retain", self.retain as u128),
+            ("max-subscribers", self.max_subscribers as u128),
+            ("max-message", self.max_message as u128),
+            ("max-connections", self.max_connections as u128),
+            ("max-mailboxes", self.max_mailboxes as u128),
+            ("max-groups", self.max_groups as u128),
+            ("heartbeat", self.heartbeat.as_millis()),
+            ("poll-timeout", self.poll_timeout.as_millis()),
+            ("mailbox-ttl", self.mailbox_ttl.as_millis()),
+            ("request-timeout", self.request_timeout.as_millis()),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be greater than 0"));
+        }
+        if self.retain_bytes < self.max_message {
+            return Err("retain-bytes must be at least max-message, or a message could never be retained".into());
+        }
+        if self.max_output < self.max_message + 64 {
+            return Err("max-output must exceed max-message, or one message would overflow it".into());
+        }
+        if self.max_subscribers > 0xffff {
+            return Err("max-subscribers must be at most 65535".into());
+        }
+        if self.http.is_empty() {
+            return Err("at least one listener is needed".into());
+        }
+        Ok(())
+    }
+}
+
+/// The same settings, all optional, as read from TOML or the command line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Settings {
+    http: Option<Vec<String>>,
+    control: Option<PathBuf>,
+    retain: Option<usize>,
+    retain_bytes: Option<usize>,
+    max_subscribers: Option<usize>,
+    mailbox_ttl: Option<f64>,
+    heartbeat: Option<f64>,
+    poll_timeout: Option<f64>,
+    max_message: Option<usize>,
+    max_output: Option<usize>,
+    max_connections: Option<usize>,
+    max_mailboxes: Option<usize>,
+    max_groups: Option<usize>,
+    request_timeout: Option<f64>,
+    retry_ms: Option<u64>,
+}
+
+impl Settings {
+    fn apply(self, config: &mut Config) -> Result<(), String> {
+        if let Some(list) = self.http {
+            config.http = list.iter().map(|s| ListenAddr::parse(s)).collect::<Result<_, _>>()?;
+        }
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        set!(control, retain, retain_bytes, max_subscribers, max_message, max_output, max_connections, max_mailboxes, max_groups, retry_ms);
+        for (value, slot, name) in [
+            (self.mailbox_ttl, &mut config.mailbox_ttl, "mailbox-ttl"),
+            (self.heartbeat, &mut config.heartbeat, "heartbeat"),
+            (self.poll_timeout, &mut config.poll_timeout, "poll-timeout"),
+            (self.request_timeout, &mut config.request_timeout, "request-timeout"),
+        ] {
+            if let Some(secs) = value {
+                *slot = seconds(secs, name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn seconds(value: f64, name: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value).map_err(|_| format!("{name} must be a number of seconds >= 0"))
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the server.
+    Run(Box<Config>),
+    /// Print help and exit.
+    Help,
+    /// Print the version and exit.
+    Version,
+}
+
+/// The `-h` text.
+pub const HELP: &str = "\
+mailboxd: a COMET sidecar. Clients park on named mailboxes over HTTP;
+backends deliver to mailboxes and groups through a Unix control socket.
+
+Usage: mailboxd [OPTIONS]
+
+Listeners:
+  --http ADDR              HTTP listener, HOST:PORT or unix:PATH; repeatable
+                           [default: 127.0.0.1:8420]
+  --control PATH           control socket [default: /tmp/mailboxd.sock]
+  --config FILE            read settings from a TOML file (keys = flag names);
+                           flags given on the command line win
+
+Mailboxes:
+  --retain N               messages kept per mailbox [default: 100]
+  --retain-bytes N         payload bytes kept per mailbox [default: 1048576]
+  --mailbox-ttl SECS       a mailbox with no subscriber expires after this [default: 300]
+  --max-subscribers N      concurrent requests per mailbox; more get 429 [default: 16]
+  --max-mailboxes N        mailboxes in total [default: 1000000]
+  --max-groups N           groups in total [default: 100000]
+  --max-message N          largest payload in bytes [default: 65536]
+
+Clients:
+  --heartbeat SECS         keep-alive interval on streams [default: 20]
+  --poll-timeout SECS      how long a long-poll is held [default: 30]
+  --max-output N           bytes queued for one client before it is dropped as
+                           too slow (it resumes from retained messages) [default: 1048576]
+  --max-connections N      client connections at once; more get 503 [default: 10000]
+  --request-timeout SECS   time allowed to send a request head [default: 10]
+  --retry-ms N             SSE reconnect hint for browsers [default: 2000]
+
+  -h, --help               print this help
+  -V, --version            print the version
+
+Logging: RUST_LOG=debug (or info, warn, ...); default info.
+";
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut cli = Settings::default();
+    let mut config_file = None;
+    let mut http = Vec::new();
+    let err = |e: lexopt::Error| e.to_string();
+    while let Some(arg) = parser.next().map_err(err)? {
+        let Long(name) = arg else {
+            match arg {
+                Short('h') => return Ok(Command::Help),
+                Short('V') => return Ok(Command::Version),
+                _ => return Err(arg.unexpected().to_string()),
+            }
+        };
+        let name = name.to_string();
+        if name == "help" {
+            return Ok(Command::Help);
+        }
+        if name == "version" {
+            return Ok(Command::Version);
+        }
+        let value: String = parser.value().map_err(err)?.string().map_err(err)?;
+        let int = |v: &str| v.parse::<usize>().map_err(|_| format!("--{name}: '{v}' is not a whole number"));
+        let secs = |v: &str| v.parse::<f64>().map_err(|_| format!("--{name}: '{v}' is not a number of seconds"));
+        match name.as_str() {
+            "http" => http.push(value),
+            "control" => cli.control = Some(PathBuf::from(value)),
+            "config" => config_file = Some(PathBuf::from(value)),
+            "retain" => cli.retain = Some(int(&value)?),
+            "retain-bytes" => cli.retain_bytes = Some(int(&value)?),
+            "max-subscribers" => cli.max_subscribers = Some(int(&value)?),
+            "max-mailboxes" => cli.max_mailboxes = Some(int(&value)?),
+            "max-groups" => cli.max_groups = Some(int(&value)?),
+            "max-message" => cli.max_message = Some(int(&value)?),
+            "max-output" => cli.max_output = Some(int(&value)?),
+            "max-connections" => cli.max_connections = Some(int(&value)?),
+            "retry-ms" => cli.retry_ms = Some(int(&value)? as u64),
+            "mailbox-ttl" => cli.mailbox_ttl = Some(secs(&value)?),
+            "heartbeat" => cli.heartbeat = Some(secs(&value)?),
+            "poll-timeout" => cli.poll_timeout = Some(secs(&value)?),
+            "request-timeout" => cli.request_timeout = Some(secs(&value)?),
+            _ => return Err(format!("unknown option --{name} (see --help)")),
+        }
+    }
+    if !http.is_empty() {
+        cli.http = Some(http);
+    }
+    let mut config = Config::default();
+    if let Some(path) = config_file {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        parse_toml(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .apply(&mut config)?;
+    }
+    cli.apply(&mut config)?;
+    config.validate()?;
+    Ok(Command::Run(Box::new(config)))
+}
+
+fn parse_toml(text: &str) -> Result<Settings, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match parse_args(args.iter().map(|s| s.into()))? {
+            Command::Run(c) => Ok(*c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.http, vec![ListenAddr::parse("127.0.0.1:8420").unwrap()]);
+        assert_eq!(c.heartbeat, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn flags_override() {
+        let c = run(&["--http", "127.0.0.1:1", "--http=unix:/tmp/x", "--retain", "5", "--heartbeat", "0.5"]).unwrap();
+        assert_eq!(c.http.len(), 2);
+        assert_eq!(c.http[1], ListenAddr::Unix("/tmp/x".into()));
+        assert_eq!(c.retain, 5);
+        assert_eq!(c.heartbeat, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_flags_are_clear() {
+        assert!(run(&["--retain", "x"]).unwrap_err().contains("--retain"));
+        assert!(run(&["--nope", "1"]).unwrap_err().contains("unknown option --nope"));
+        assert!(run(&["--http", "nowhere"]).unwrap_err().contains("HOST:PORT"));
+        assert!(run(&["--retain", "0"]).unwrap_err().contains("retain must be"));
+        assert!(run(&["--heartbeat", "-1"]).unwrap_err().contains("heartbeat"));
+        assert!(run(&["--max-message", "2000000"]).unwrap_err().contains("retain-bytes"));
+    }
+
+    #[test]
+    fn toml_uses_flag_names() {
+        let s = parse_toml("http = [\"127.0.0.1:9\"]\nretain = 7\nmailbox-ttl = 1.5\n").unwrap();
+        let mut c = Config::default();
+        s.apply(&mut c).unwrap();
+        assert_eq!((c.retain, c.mailbox_ttl), (7, Duration::from_millis(1500)));
+        assert!(parse_toml("retian = 7").unwrap_err().contains("retian"));
+        assert!(parse_toml("retain = \"x\"").is_err());
+    }
+}

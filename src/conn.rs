@@ -1,0 +1,388 @@
+//! Accepted connections: the socket, the protocol state, the output queue.
+//!
+//! A connection is one of a few kinds ([`Proto`]), each an explicit state
+//! machine:
+//!
+//! * control: `reading` ⇄ `paused` (replies above the high-water mark stop
+//!   input until they drain) → closed on `QUIT`, EOF or a framing error;
+//! * HTTP client: `Head` (reading a request head, under a deadline) →
+//!   `Active` (an [`Exchange`]: parked on a mailbox) → back to `Head` after a
+//!   sized long-poll answer on a keep-alive connection, or closed after flush.
+//!
+//! Closing is deferred: handlers only set [`Close`] and queue the key; the
+//! loop reaps at the end of its turn, so nothing is freed while a delivery is
+//! walking subscribers.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use crate::gateway::http;
+use crate::message::Message;
+use crate::outbuf::{Chunk, OutQueue};
+use crate::request::Head;
+use crate::store::{MailboxRef, Outcome, SubscriberId};
+use crate::transport::Transport;
+
+/// A connected stream socket, TCP or Unix.
+#[derive(Debug)]
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix domain.
+    Unix(UnixStream),
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.write_vectored(bufs),
+            Socket::Unix(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Source for Socket {
+    fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.register(registry, token, interests),
+            Socket::Unix(s) => s.register(registry, token, interests),
+        }
+    }
+
+    fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.reregister(registry, token, interests),
+            Socket::Unix(s) => s.reregister(registry, token, interests),
+        }
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.deregister(registry),
+            Socket::Unix(s) => s.deregister(registry),
+        }
+    }
+}
+
+/// What a read loop found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The socket has no more data for now.
+    Blocked,
+    /// The buffer reached its limit with data possibly left in the socket.
+    Full,
+    /// The peer closed its side.
+    Eof,
+}
+
+/// Reads into `buf` until the socket would block, the peer closes, or `buf` holds `limit` bytes.
+pub fn read_into(socket: &mut Socket, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadEnd> {
+    loop {
+        if buf.len() >= limit {
+            return Ok(ReadEnd::Full);
+        }
+        let start = buf.len();
+        let want = (limit - start).min(64 * 1024);
+        buf.resize(start + want, 0);
+        let result = socket.read(&mut buf[start..]);
+        buf.truncate(start + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => return Ok(ReadEnd::Eof),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads and throws away whatever the peer sends; reports EOF.
+pub fn discard_input(socket: &mut Socket) -> io::Result<ReadEnd> {
+    let mut sink = [0u8; 1024];
+    loop {
+        match socket.read(&mut sink) {
+            Ok(0) => return Ok(ReadEnd::Eof),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// When a connection is to be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// Open.
+    No,
+    /// Once its output has been written (a finished response).
+    AfterFlush,
+    /// At the end of this turn, dropping unsent output.
+    Now,
+}
+
+/// One client request parked on a mailbox, whatever gateway carried it.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The mailbox it reads.
+    pub mailbox: MailboxRef,
+    /// How messages are written.
+    pub transport: Transport,
+    /// Long-poll: answer with messages after this id.
+    pub since: u64,
+    /// Whether the store still lists it as a subscriber.
+    pub subscribed: bool,
+    /// Next heartbeat (streams) or end of the hold (long-poll).
+    pub deadline: Instant,
+}
+
+/// The state of a control connection.
+#[derive(Debug, Default)]
+pub struct ControlState {
+    /// Bytes read but not yet framed.
+    pub inbuf: Vec<u8>,
+    /// Payload bytes of an oversize request still to discard.
+    pub skip: usize,
+    /// Input processing stopped until replies drain.
+    pub paused: bool,
+}
+
+/// Where an HTTP client connection is in its life.
+#[derive(Debug)]
+pub enum HttpPhase {
+    /// Reading a request head; closed if it is not complete by the deadline.
+    Head {
+        /// When the head must be complete.
+        deadline: Instant,
+    },
+    /// Parked on a mailbox.
+    Active(Exchange),
+}
+
+/// The state of an HTTP client connection.
+#[derive(Debug)]
+pub struct HttpState {
+    /// Request bytes not yet parsed (empty, unallocated, while parked).
+    pub inbuf: Vec<u8>,
+    /// The phase.
+    pub phase: HttpPhase,
+    /// Whether the current request allows another one after it.
+    pub keep_alive: bool,
+}
+
+/// The kinds of connection.
+#[derive(Debug)]
+pub enum Proto {
+    /// A backend on the control socket.
+    Control(ControlState),
+    /// A client (or web server) speaking HTTP.
+    Http(HttpState),
+}
+
+impl Proto {
+    /// Short name for log lines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Proto::Control(_) => "control",
+            Proto::Http(_) => "http",
+        }
+    }
+}
+
+/// One accepted connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub socket: Socket,
+    /// Protocol state.
+    pub proto: Proto,
+    /// Output not yet written.
+    pub out: OutQueue,
+    /// Whether WRITABLE is part of the registered interest.
+    pub writable: bool,
+    /// Whether the key is already in the flush list.
+    pub pending: bool,
+    /// Closing state.
+    pub close: Close,
+}
+
+impl Conn {
+    /// The exchange for request id `rid`, if one is active.
+    pub fn exchange_mut(&mut self, rid: u16) -> Option<&mut Exchange> {
+        match &mut self.proto {
+            Proto::Http(HttpState { phase: HttpPhase::Active(ex), .. }) if rid == 0 => Some(ex),
+            _ => None,
+        }
+    }
+
+    /// Every active exchange, with its request id.
+    pub fn exchanges(&self) -> Vec<(u16, &Exchange)> {
+        match &self.proto {
+            Proto::Http(HttpState { phase: HttpPhase::Active(ex), .. }) => vec![(0, ex)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Queues a response head for request `rid` in the gateway's syntax.
+    pub fn push_head(&mut self, _rid: u16, head: &Head) {
+        let mut bytes = Vec::with_capacity(160 + head.content_length.unwrap_or(0));
+        match &self.proto {
+            Proto::Http(h) => http::encode_head(head, h.keep_alive, &mut bytes),
+            Proto::Control(_) => debug_assert!(false, "control connections have no responses"),
+        }
+        self.out.push(Chunk::Owned(bytes));
+    }
+
+    /// Queues body chunks for request `rid`, draining `chunks`.
+    pub fn push_body(&mut self, _rid: u16, chunks: &mut Vec<Chunk>) {
+        for chunk in chunks.drain(..) {
+            self.out.push(chunk);
+        }
+    }
+
+    /// Ends request `rid`'s response: back to reading heads after a sized
+    /// answer on a keep-alive connection, else close once output is written.
+    pub fn finish(&mut self, _rid: u16, sized: bool, next_deadline: Instant) {
+        let Proto::Http(h) = &mut self.proto else { return };
+        if sized && h.keep_alive {
+            h.phase = HttpPhase::Head { deadline: next_deadline };
+        } else {
+            if self.close == Close::No {
+                self.close = Close::AfterFlush;
+            }
+            if let HttpPhase::Active(ex) = &mut h.phase {
+                ex.subscribed = false;
+            }
+        }
+    }
+}
+
+/// Splits a subscriber id into connection key and request id.
+pub fn split_sub(sub: SubscriberId) -> (usize, u16) {
+    ((sub.0 >> 16) as usize, sub.0 as u16)
+}
+
+/// Builds the subscriber id of request `rid` on connection `key`.
+pub fn sub_id(key: usize, rid: u16) -> SubscriberId {
+    SubscriberId(((key as u64) << 16) | rid as u64)
+}
+
+/// Counters about connections, for `STATS`.
+#[derive(Debug, Default, Clone)]
+pub struct ConnCounters {
+    /// Frames written to subscribers since start.
+    pub written: u64,
+    /// Clients disconnected for exceeding `max-output`.
+    pub slow_closed: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections refused by `max-connections`.
+    pub refused: u64,
+}
+
+/// All connections, plus the per-turn work lists that refer to them.
+#[derive(Debug, Default)]
+pub struct Conns {
+    /// The connections, keyed by token minus [`crate::server::FIRST_CONN`].
+    pub slab: Slab<Conn>,
+    /// Keys with output to flush this turn.
+    pub pending: Vec<usize>,
+    /// Keys to reap at the end of the turn.
+    pub closing: Vec<usize>,
+    /// Long-poll requests to answer at the end of the turn.
+    pub answers: Vec<(usize, u16)>,
+    /// Reused encoding space.
+    pub scratch: Vec<Chunk>,
+    /// Counters.
+    pub counters: ConnCounters,
+    /// Control connections open.
+    pub control: usize,
+}
+
+impl Conns {
+    /// Puts a connection on the flush list (once).
+    pub fn schedule_flush(&mut self, key: usize) {
+        if let Some(conn) = self.slab.get_mut(key) {
+            if !conn.pending {
+                conn.pending = true;
+                self.pending.push(key);
+            }
+        }
+    }
+
+    /// Marks a connection for closing; `Close::Now` reaps it this turn.
+    pub fn close(&mut self, key: usize, how: Close) {
+        let Some(conn) = self.slab.get_mut(key) else { return };
+        match (conn.close, how) {
+            (Close::Now, _) | (_, Close::No) => {}
+            (_, Close::Now) => {
+                conn.close = Close::Now;
+                self.closing.push(key);
+            }
+            (_, Close::AfterFlush) => {
+                conn.close = Close::AfterFlush;
+                self.schedule_flush(key);
+            }
+        }
+    }
+
+    /// Hands one message to one subscriber (the store's delivery callback).
+    pub fn deliver(&mut self, sub: SubscriberId, msg: &Message, max_output: usize) -> Outcome {
+        let (key, rid) = split_sub(sub);
+        let Some(conn) = self.slab.get_mut(key) else { return Outcome::Failed };
+        if conn.close != Close::No {
+            return Outcome::Failed;
+        }
+        let Some(ex) = conn.exchange_mut(rid) else { return Outcome::Failed };
+        if ex.transport == Transport::Poll {
+            ex.subscribed = false;
+            self.answers.push((key, rid));
+            return Outcome::Done;
+        }
+        ex.transport.message(msg, &mut self.scratch);
+        conn.push_body(rid, &mut self.scratch);
+        if conn.out.len() > max_output {
+            if let Some(ex) = conn.exchange_mut(rid) {
+                ex.subscribed = false;
+            }
+            log::warn!(
+                "conn={} {} output over max-output ({} bytes queued): closing slow client",
+                key,
+                conn.proto.name(),
+                conn.out.len()
+            );
+            conn.out.clear();
+            self.counters.slow_closed += 1;
+            self.close(key, Close::Now);
+            return Outcome::Failed;
+        }
+        self.counters.written += 1;
+        self.schedule_flush(key);
+        Outcome::Keep
+    }
+}

@@ -1,0 +1,20 @@
+//! mailboxd: a COMET sidecar. Clients park on named mailboxes over HTTP (or,
+//! through a web server, FastCGI and SCGI); backends deliver to mailboxes and
+//! groups through a Unix control socket. One single-threaded event loop holds
+//! everything; see `docs/architecture.md` for the tour.
+
+pub mod backend;
+pub mod clients;
+pub mod codec;
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod gateway;
+pub mod message;
+pub mod name;
+pub mod outbuf;
+pub mod request;
+pub mod server;
+pub mod store;
+pub mod timer;
+pub mod transport;

@@ -1,0 +1,35 @@
+//! The `mailboxd` binary: flags → config → logging → event loop → exit code.
+
+use std::process::ExitCode;
+
+use mailboxd::config::{self, Command};
+use mailboxd::server::Server;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let config = match config::parse_args(std::env::args_os().skip(1)) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("mailboxd {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mailboxd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = Server::new(*config).and_then(|mut server| server.run());
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailboxd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! Mailboxes, groups, retention, expiry and message ids: pure logic.
+//!
+//! The store knows nothing of sockets. Subscribers are opaque
+//! [`SubscriberId`]s chosen by the caller; a delivery calls back once per
+//! subscriber with the message and the caller answers what happened
+//! ([`Outcome`]), so the event loop does all the writing and this module stays
+//! testable with a fake clock (`now` is always passed in).
+//!
+//! Mailboxes and groups live in slabs, indexed by name once. A group keeps its
+//! members as mailbox keys and every mailbox remembers its slot in each group
+//! it belongs to, so join, leave and expiry are O(1) per membership and a
+//! `PUBLISH` walks a plain vector without hashing member names.
+//!
+//! Gap detection rests on the *horizon*: every message with an id above a
+//! mailbox's horizon that was delivered to it is still retained. A new mailbox
+//! starts with the horizon at the last id issued (it cannot know what an
+//! earlier incarnation held); evicting a message moves the horizon up to it.
+//! A client resuming from an id below the horizon may have missed something,
+//! and is told so.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::message::{Message, Payload};
+
+/// Identifies one waiting request to the caller; the store only stores and returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriberId(pub u64);
+
+/// A stable handle on one incarnation of a mailbox: a slab key plus a unique
+/// id, so a handle kept across a `DROP` or an expiry can never reach the new
+/// mailbox that reuses the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxRef {
+    key: usize,
+    uid: u64,
+}
+
+/// What the caller did with a message handed to one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written; the subscriber stays for more.
+    Keep,
+    /// Written, and that request is now complete (a long-poll answer): detach it.
+    Done,
+    /// Could not be written (the connection is over its output cap): detach it.
+    Failed,
+}
+
+/// Bounds that keep the store's memory finite.
+#[derive(Debug, Clone)]
+pub struct StoreLimits {
+    /// Messages kept per mailbox for clients that come back.
+    pub retain: usize,
+    /// Payload bytes kept per mailbox.
+    pub retain_bytes: usize,
+    /// Concurrent subscribers per mailbox (tabs of one user).
+    pub max_subscribers: usize,
+    /// How long a mailbox with no subscriber lives.
+    pub mailbox_ttl: Duration,
+    /// Mailboxes in the whole store.
+    pub max_mailboxes: usize,
+    /// Groups in the whole store.
+    pub max_groups: usize,
+}
+
+/// Why the store refused an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// No mailbox of that name.
+    NotFound,
+    /// `max_mailboxes` reached.
+    TooManyMailboxes,
+    /// `max_groups` reached.
+    TooManyGroups,
+    /// `max_subscribers` reached for that mailbox.
+    TooManySubscribers,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreError::NotFound => "no such mailbox",
+            StoreError::TooManyMailboxes => "mailbox limit reached (max-mailboxes)",
+            StoreError::TooManyGroups => "group limit reached (max-groups)",
+            StoreError::TooManySubscribers => "subscriber limit reached (max-subscribers)",
+        })
+    }
+}
+
+/// The answer to `INFO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxInfo {
+    /// Requests currently waiting on the mailbox.
+    pub subscribers: usize,
+    /// Messages retained.
+    pub retained: usize,
+    /// Highest id delivered to it, or its horizon when it has none.
+    pub last_id: u64,
+    /// Groups it belongs to.
+    pub groups: usize,
+    /// Whole seconds without a subscriber (0 while subscribed).
+    pub idle_secs: u64,
+}
+
+/// Totals for `STATS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Live mailboxes.
+    pub mailboxes: usize,
+    /// Live groups.
+    pub groups: usize,
+    /// Subscribers over all mailboxes.
+    pub subscribers: usize,
+    /// Messages retained over all mailboxes.
+    pub retained: usize,
+    /// Messages accepted into mailboxes (ids issued) since start.
+    pub messages: u64,
+    /// Messages evicted by retention limits since start.
+    pub evicted: u64,
+    /// Mailboxes expired since start.
+    pub expired: u64,
+}
+
+/// What a (re)connecting client should be sent before live messages.
+#[derive(Debug)]
+pub struct Backlog<'a> {
+    /// True when messages newer than the resume point were evicted or predate the mailbox.
+    pub gap: bool,
+    /// Oldest retained id, for the gap notice.
+    pub oldest: Option<u64>,
+    /// The retained messages newer than the resume point, oldest first.
+    pub messages: std::collections::vec_deque::Iter<'a, Message>,
+    /// Id of the newest message in the mailbox (or its horizon).
+    pub last_id: u64,
+}
+
+#[derive(Debug)]
+struct Membership {
+    group: usize,
+    slot: usize,
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    name: Rc<str>,
+    uid: u64,
+    messages: VecDeque<Message>,
+    bytes: usize,
+    horizon: u64,
+    subscribers: Vec<SubscriberId>,
+    memberships: Vec<Membership>,
+    /// Set while nobody is subscribed; the expiry clock runs from here.
+    idle_since: Option<Instant>,
+    /// Bumped on every idle transition so stale expiry entries are ignored.
+    idle_gen: u64,
+}
+
+impl Mailbox {
+    fn last_id(&self) -> u64 {
+        self.messages.back().map_or(self.horizon, |m| m.id)
+    }
+
+    /// Appends to retention and evicts down to the limits; returns how many were evicted.
+    fn retain(&mut self, msg: Message, limits: &StoreLimits) -> u64 {
+        self.bytes += msg.payload.len();
+        self.messages.push_back(msg);
+        let mut evicted = 0;
+        while self.messages.len() > limits.retain
+            || (self.bytes > limits.retain_bytes && self.messages.len() > 1)
+        {
+            let Some(old) = self.messages.pop_front() else { break };
+            self.bytes -= old.payload.len();
+            self.horizon = old.id;
+            evicted += 1;
+        }
+        evicted
+    }
+
+    /// Hands `msg` to every subscriber; returns how many it was written to.
+    fn fan_out(
+        &mut self,
+        msg: &Message,
+        deliver: &mut impl FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> usize {
+        let mut live = 0;
+        self.subscribers.retain(|&sub| match deliver(sub, msg) {
+            Outcome::Keep => {
+                live += 1;
+                true
+            }
+            Outcome::Done => {
+                live += 1;
+                false
+            }
+            Outcome::Failed => false,
+        });
+        live
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    name: Rc<str>,
+    members: Vec<usize>,
+}
+
+/// All mailboxes and groups of one server.
+#[derive(Debug)]
+pub struct Store {
+    limits: StoreLimits,
+    mailboxes: Slab<Mailbox>,
+    mailbox_index: HashMap<Rc<str>, usize>,
+    groups: Slab<Group>,
+    group_index: HashMap<Rc<str>, usize>,
+    last_id: u64,
+    next_gen: u64,
+    expiry: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    subscribers: usize,
+    retained: usize,
+    messages: u64,
+    evicted: u64,
+    expired: u64,
+}
+
+impl Store {
+    /// An empty store whose first message id will be `first_id`.
+    ///
+    /// The server seeds it from the wall clock (microseconds), so ids keep
+    /// increasing across restarts and a client resuming with an id from an
+    /// earlier run is told of the gap instead of silently skipping messages.
+    pub fn new(limits: StoreLimits, first_id: u64) -> Store {
+        Store {
+            limits,
+            mailboxes: Slab::new(),
+            mailbox_index: HashMap::new(),
+            groups: Slab::new(),
+            group_index: HashMap::new(),
+            last_id: first_id.saturating_sub(1),
+            next_gen: 1,
+            expiry: BinaryHeap::new(),
+            subscribers: 0,
+            retained: 0,
+            messages: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> &StoreLimits {
+        &self.limits
+    }
+
+    /// Delivers one message to a mailbox, creating it if needed.
+    /// Returns the message id and how many subscribers it was written to.
+    pub fn send(
+        &mut self,
+        name: &str,
+        payload: &Rc<Payload>,
+        now: Instant,
+        mut deliver: impl FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> Result<(u64, usize), StoreError> {
+        let key = self.get_or_create(name, now)?;
+        let (id, live) = self.deliver_to(key, payload, now, &mut deliver);
+        Ok((id, live))
+    }
+
+    /// Delivers one payload to every member of `group` not named in `except`,
+    /// each member getting its own id. Returns (mailboxes delivered to, live writes).
+    pub fn publish(
+        &mut self,
+        group: &str,
+        payload: &Rc<Payload>,
+        except: &[&str],
+        now: Instant,
+        mut deliver: impl FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> (usize, usize) {
+        let Some(&gkey) = self.group_index.get(group) else {
+            return (0, 0);
+        };
+        let excluded: Vec<usize> = except
+            .iter()
+            .filter_map(|name| self.mailbox_index.get(*name).copied())
+            .collect();
+        // Members are copied out because delivery may not change membership,
+        // but the borrow checker cannot see that across `deliver_to`.
+        let members = std::mem::take(&mut self.groups[gkey].members);
+        let (mut delivered, mut live) = (0, 0);
+        for &key in &members {
+            if excluded.contains(&key) {
+                continue;
+            }
+            delivered += 1;
+            live += self.deliver_to(key, payload, now, &mut deliver).1;
+        }
+        self.groups[gkey].members = members;
+        (delivered, live)
+    }
+
+    /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
+    pub fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
+        let missing = names
+            .iter()
+            .filter(|n| !self.mailbox_index.contains_key(**n))
+            .count();
+        if self.mailboxes.len() + missing > self.limits.max_mailboxes {
+            return Err(StoreError::TooManyMailboxes);
+        }
+        let gkey = match self.group_index.get(group) {
+            Some(&k) => k,
+            None => {
+                if self.groups.len() >= self.limits.max_groups {
+                    return Err(StoreError::TooManyGroups);
+                }
+                let name: Rc<str> = Rc::from(group);
+                let k = self.groups.insert(Group {
+                    name: name.clone(),
+                    members: Vec::new(),
+                });
+                self.group_index.insert(name, k);
+                k
+            }
+        };
+        for name in names {
+            let key = self.get_or_create(name, now)?;
+            let mailbox = &mut self.mailboxes[key];
+            if mailbox.memberships.iter().any(|m| m.group == gkey) {
+                continue;
+            }
+            let members = &mut self.groups[gkey].members;
+            mailbox.memberships.push(Membership {
+                group: gkey,
+                slot: members.len(),
+            });
+            members.push(key);
+        }
+        Ok(self.groups[gkey].members.len())
+    }
+
+    /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
+    pub fn leave(&mut self, group: &str, names: &[&str]) -> usize {
+        let Some(&gkey) = self.group_index.get(group) else {
+            return 0;
+        };
+        for name in names {
+            if let Some(&key) = self.mailbox_index.get(*name) {
+                let mailbox = &mut self.mailboxes[key];
+                if let Some(i) = mailbox.memberships.iter().position(|m| m.group == gkey) {
+                    let membership = mailbox.memberships.swap_remove(i);
+                    self.unlink(membership);
+                }
+            }
+        }
+        self.groups.get(gkey).map_or(0, |g| g.members.len())
+    }
+
+    /// The members of a group, in no particular order (empty for an unknown group).
+    pub fn members(&self, group: &str) -> Vec<&str> {
+        self.group_index.get(group).map_or_else(Vec::new, |&g| {
+            self.groups[g]
+                .members
+                .iter()
+                .map(|&k| &*self.mailboxes[k].name)
+                .collect()
+        })
+    }
+
+    /// Removes a mailbox at once; returns the subscribers whose requests must end.
+    pub fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError> {
+        let key = *self.mailbox_index.get(name).ok_or(StoreError::NotFound)?;
+        Ok(self.remove(key))
+    }
+
+    /// Facts about one mailbox.
+    pub fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
+        let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
+        Some(MailboxInfo {
+            subscribers: mailbox.subscribers.len(),
+            retained: mailbox.messages.len(),
+            last_id: mailbox.last_id(),
+            groups: mailbox.memberships.len(),
+            idle_secs: mailbox
+                .idle_since
+                .map_or(0, |t| now.saturating_duration_since(t).as_secs()),
+        })
+    }
+
+    /// Finds or creates a mailbox for a client that is opening it.
+    pub fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
+        let key = self.get_or_create(name, now)?;
+        Ok(MailboxRef {
+            key,
+            uid: self.mailboxes[key].uid,
+        })
+    }
+
+    /// What a client resuming after `resume` (or from the start, for `None`) must be sent.
+    /// `None` when the mailbox is gone.
+    pub fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>> {
+        let mb = self.get(mailbox)?;
+        let (gap, start) = match resume {
+            None => (false, 0),
+            Some(after) => (
+                after < mb.horizon,
+                mb.messages.partition_point(|m| m.id <= after),
+            ),
+        };
+        Some(Backlog {
+            gap,
+            oldest: mb.messages.front().map(|m| m.id),
+            messages: mb.messages.range(start..),
+            last_id: mb.last_id(),
+        })
+    }
+
+    /// Registers a subscriber on an opened mailbox.
+    pub fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError> {
+        let max = self.limits.max_subscribers;
+        let mb = self.get_mut(mailbox).ok_or(StoreError::NotFound)?;
+        if mb.subscribers.len() >= max {
+            return Err(StoreError::TooManySubscribers);
+        }
+        mb.subscribers.push(sub);
+        mb.idle_since = None;
+        mb.idle_gen = 0;
+        self.subscribers += 1;
+        Ok(())
+    }
+
+    /// Removes a subscriber; harmless if it is no longer there.
+    pub fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
+        let Some(mb) = self.get_mut(mailbox) else { return };
+        let Some(i) = mb.subscribers.iter().position(|&s| s == sub) else {
+            return;
+        };
+        mb.subscribers.swap_remove(i);
+        self.subscribers -= 1;
+        self.go_idle_if_unwatched(mailbox.key, now);
+    }
+
+    /// Removes every mailbox whose idle time has reached the TTL; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut count = 0;
+        while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            let current = self.mailboxes.get(key).is_some_and(|m| {
+                m.idle_gen == generation && m.subscribers.is_empty() && m.idle_since.is_some()
+            });
+            if current {
+                self.remove(key);
+                self.expired += 1;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// The earliest instant at which [`Store::expire`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.expiry.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Totals for `STATS`.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            mailboxes: self.mailboxes.len(),
+            groups: self.groups.len(),
+            subscribers: self.subscribers,
+            retained: self.retained,
+            messages: self.messages,
+            evicted: self.evicted,
+            expired: self.expired,
+        }
+    }
+
+    /// The last message id issued.
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    fn get(&self, r: MailboxRef) -> Option<&Mailbox> {
+        self.mailboxes.get(r.key).filter(|m| m.uid == r.uid)
+    }
+
+    fn get_mut(&mut self, r: MailboxRef) -> Option<&mut Mailbox> {
+        self.mailboxes.get_mut(r.key).filter(|m| m.uid == r.uid)
+    }
+
+    fn get_or_create(&mut self, name: &str, now: Instant) -> Result<usize, StoreError> {
+        if let Some(&key) = self.mailbox_index.get(name) {
+            return Ok(key);
+        }
+        if self.mailboxes.len() >= self.limits.max_mailboxes {
+            return Err(StoreError::TooManyMailboxes);
+        }
+        let name: Rc<str> = Rc::from(name);
+        let uid = self.bump_gen();
+        let key = self.mailboxes.insert(Mailbox {
+            name: name.clone(),
+            uid,
+            messages: VecDeque::new(),
+            bytes: 0,
+            horizon: self.last_id,
+            subscribers: Vec::new(),
+            memberships: Vec::new(),
+            idle_since: None,
+            idle_gen: 0,
+        });
+        self.mailbox_index.insert(name, key);
+        self.go_idle_if_unwatched(key, now);
+        Ok(key)
+    }
+
+    fn deliver_to(
+        &mut self,
+        key: usize,
+        payload: &Rc<Payload>,
+        now: Instant,
+        deliver: &mut impl FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> (u64, usize) {
+        self.last_id += 1;
+        self.messages += 1;
+        let msg = Message {
+            id: self.last_id,
+            payload: payload.clone(),
+        };
+        let mailbox = &mut self.mailboxes[key];
+        let before = mailbox.subscribers.len();
+        let live = mailbox.fan_out(&msg, deliver);
+        let after = mailbox.subscribers.len();
+        let evicted = mailbox.retain(msg, &self.limits);
+        self.retained = self.retained + 1 - evicted as usize;
+        self.evicted += evicted;
+        self.subscribers -= before - after;
+        if before > 0 && after == 0 {
+            self.go_idle_if_unwatched(key, now);
+        }
+        (self.last_id, live)
+    }
+
+    /// Starts the expiry clock of a mailbox that has just lost its last subscriber.
+    fn go_idle_if_unwatched(&mut self, key: usize, now: Instant) {
+        let generation = self.bump_gen();
+        let mailbox = &mut self.mailboxes[key];
+        if !mailbox.subscribers.is_empty() {
+            return;
+        }
+        mailbox.idle_since = Some(now);
+        mailbox.idle_gen = generation;
+        self.expiry
+            .push(Reverse((now + self.limits.mailbox_ttl, key, generation)));
+    }
+
+    fn bump_gen(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    /// Removes a mailbox from its groups and the store; returns its subscribers.
+    fn remove(&mut self, key: usize) -> Vec<SubscriberId> {
+        let mailbox = self.mailboxes.remove(key);
+        self.mailbox_index.remove(&mailbox.name);
+        self.retained -= mailbox.messages.len();
+        self.subscribers -= mailbox.subscribers.len();
+        for membership in mailbox.memberships {
+            self.unlink(membership);
+        }
+        mailbox.subscribers
+    }
+
+    /// Takes one mailbox out of one group's member vector, fixing the slot of
+    /// the member moved into its place, and removes the group when empty.
+    fn unlink(&mut self, membership: Membership) {
+        let Membership { group, slot } = membership;
+        let members = &mut self.groups[group].members;
+        members.swap_remove(slot);
+        if let Some(&moved) = members.get(slot) {
+            if let Some(m) = self.mailboxes[moved]
+                .memberships
+                .iter_mut()
+                .find(|m| m.group == group)
+            {
+                m.slot = slot;
+            }
+        }
+        if self.groups[group].members.is_empty() {
+            let removed = self.groups.remove(group);
+            self.group_index.remove(&removed.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> StoreLimits {
+        StoreLimits {
+            retain: 3,
+            retain_bytes: 1 << 20,
+            max_subscribers: 2,
+            mailbox_ttl: Duration::from_secs(10),
+            max_mailboxes: 100,
+            max_groups: 10,
+        }
+    }
+
+    fn payload(s: &str) -> Rc<Payload> {
+        Payload::new(None, s)
+    }
+
+    fn ids(b: &Backlog<'_>) -> Vec<u64> {
+        b.messages.clone().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn ids_increase_across_mailboxes_and_start_at_seed() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1000);
+        let (a, _) = s.send("a", &payload("1"), now, |_, _| Outcome::Keep).unwrap();
+        let (b, _) = s.send("b", &payload("2"), now, |_, _| Outcome::Keep).unwrap();
+        assert_eq!((a, b), (1000, 1001));
+    }
+
+    #[test]
+    fn retention_evicts_and_backlog_reports_gap() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        for i in 0..5 {
+            s.send("a", &payload(&i.to_string()), now, |_, _| Outcome::Keep)
+                .unwrap();
+        }
+        let r = s.open("a", now).unwrap();
+        let b = s.backlog(r, None).unwrap();
+        assert_eq!(ids(&b), vec![3, 4, 5]);
+        assert!(!b.gap);
+        let b = s.backlog(r, Some(1)).unwrap();
+        assert!(b.gap, "ids 2 was evicted");
+        assert_eq!(ids(&b), vec![3, 4, 5]);
+        let b = s.backlog(r, Some(2)).unwrap();
+        assert!(!b.gap, "nothing after 2 was lost");
+        assert_eq!(ids(&b), vec![3, 4, 5]);
+        let b = s.backlog(r, Some(4)).unwrap();
+        assert_eq!(ids(&b), vec![5]);
+        assert_eq!(s.stats().evicted, 2);
+        assert_eq!(s.stats().retained, 3);
+    }
+
+    #[test]
+    fn retain_bytes_evicts_but_keeps_newest() {
+        let now = Instant::now();
+        let mut l = limits();
+        l.retain_bytes = 4;
+        let mut s = Store::new(l, 1);
+        s.send("a", &payload("abc"), now, |_, _| Outcome::Keep).unwrap();
+        s.send("a", &payload("defgh"), now, |_, _| Outcome::Keep).unwrap();
+        let r = s.open("a", now).unwrap();
+        assert_eq!(ids(&s.backlog(r, None).unwrap()), vec![2]);
+    }
+
+    #[test]
+    fn resume_from_before_mailbox_existed_is_a_gap() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        s.send("other", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
+        let r = s.open("fresh", now).unwrap();
+        assert!(s.backlog(r, Some(0)).unwrap().gap);
+        assert!(!s.backlog(r, Some(1)).unwrap().gap);
+    }
+
+    #[test]
+    fn delivery_reaches_subscribers_and_counts_live() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        let r = s.open("a", now).unwrap();
+        s.subscribe(r, SubscriberId(1)).unwrap();
+        s.subscribe(r, SubscriberId(2)).unwrap();
+        assert_eq!(
+            s.subscribe(r, SubscriberId(3)),
+            Err(StoreError::TooManySubscribers)
+        );
+        let mut seen = vec![];
+        let (_, live) = s
+            .send("a", &payload("hi"), now, |sub, m| {
+                seen.push((sub.0, m.id));
+                if sub.0 == 1 { Outcome::Done } else { Outcome::Keep }
+            })
+            .unwrap();
+        assert_eq!(live, 2);
+        seen.sort();
+        assert_eq!(seen, vec![(1, 1), (2, 1)]);
+        assert_eq!(s.info("a", now).unwrap().subscribers, 1);
+        assert_eq!(s.stats().subscribers, 1);
+    }
+
+    #[test]
+    fn groups_publish_with_except_and_fresh_ids() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        assert_eq!(s.join("g", &["a", "b", "c"], now).unwrap(), 3);
+        assert_eq!(s.join("g", &["a"], now).unwrap(), 3);
+        let mut got = vec![];
+        for name in ["a", "b", "c"] {
+            let r = s.open(name, now).unwrap();
+            s.subscribe(r, SubscriberId(name.as_bytes()[0] as u64)).unwrap();
+        }
+        let (n, live) = s.publish("g", &payload("p"), &["b", "nobody"], now, |sub, m| {
+            got.push((sub.0, m.id));
+            Outcome::Keep
+        });
+        assert_eq!((n, live), (2, 2));
+        got.sort();
+        assert_eq!(got.len(), 2);
+        assert_ne!(got[0].1, got[1].1, "each member gets its own id");
+        assert_eq!(s.publish("nope", &payload("p"), &[], now, |_, _| Outcome::Keep), (0, 0));
+    }
+
+    #[test]
+    fn leave_fixes_slots_and_removes_empty_group() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        s.join("g", &["a", "b", "c", "d"], now).unwrap();
+        s.join("h", &["b", "d"], now).unwrap();
+        assert_eq!(s.leave("g", &["a", "zzz"]), 3);
+        assert_eq!(s.leave("g", &["c"]), 2);
+        let mut m = s.members("g");
+        m.sort();
+        assert_eq!(m, vec!["b", "d"]);
+        assert_eq!(s.leave("g", &["d", "b"]), 0);
+        assert!(s.members("g").is_empty());
+        assert_eq!(s.stats().groups, 1);
+        assert_eq!(s.members("h").len(), 2);
+    }
+
+    #[test]
+    fn idle_mailboxes_expire_and_leave_groups() {
+        let t0 = Instant::now();
+        let ttl = limits().mailbox_ttl;
+        let mut s = Store::new(limits(), 1);
+        s.join("g", &["a", "b"], t0).unwrap();
+        let rb = s.open("b", t0).unwrap();
+        s.subscribe(rb, SubscriberId(9)).unwrap();
+        assert_eq!(s.next_deadline(), Some(t0 + ttl));
+        assert_eq!(s.expire(t0 + ttl - Duration::from_millis(1)), 0);
+        assert_eq!(s.expire(t0 + ttl), 1);
+        assert!(s.info("a", t0).is_none());
+        assert_eq!(s.members("g"), vec!["b"]);
+        // b goes idle later and expires a TTL after that, taking the group with it.
+        let t1 = t0 + Duration::from_secs(5);
+        s.unsubscribe(rb, SubscriberId(9), t1);
+        assert_eq!(s.info("b", t1 + Duration::from_secs(3)).unwrap().idle_secs, 3);
+        assert_eq!(s.expire(t1 + ttl - Duration::from_millis(1)), 0);
+        assert_eq!(s.expire(t1 + ttl), 1);
+        assert_eq!(s.stats().groups, 0);
+        assert_eq!(s.stats().mailboxes, 0);
+    }
+
+    #[test]
+    fn resubscribing_cancels_expiry() {
+        let t0 = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        let r = s.open("a", t0).unwrap();
+        s.subscribe(r, SubscriberId(1)).unwrap();
+        assert_eq!(s.expire(t0 + Duration::from_secs(100)), 0);
+        assert!(s.info("a", t0).is_some());
+    }
+
+    #[test]
+    fn dropped_mailbox_refs_go_stale() {
+        let now = Instant::now();
+        let mut s = Store::new(limits(), 1);
+        let r = s.open("a", now).unwrap();
+        s.subscribe(r, SubscriberId(1)).unwrap();
+        assert_eq!(s.drop_mailbox("a").unwrap(), vec![SubscriberId(1)]);
+        assert_eq!(s.drop_mailbox("a"), Err(StoreError::NotFound));
+        let r2 = s.open("b", now).unwrap();
+        assert!(s.backlog(r, None).is_none());
+        assert!(s.backlog(r2, None).is_some());
+        s.unsubscribe(r, SubscriberId(1), now);
+        assert_eq!(s.stats().subscribers, 0);
+    }
+
+    #[test]
+    fn mailbox_limit_is_enforced_atomically_for_join() {
+        let now = Instant::now();
+        let mut l = limits();
+        l.max_mailboxes = 2;
+        let mut s = Store::new(l, 1);
+        assert_eq!(s.join("g", &["a", "b", "c"], now), Err(StoreError::TooManyMailboxes));
+        assert_eq!(s.stats().mailboxes, 0);
+        s.send("a", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
+        s.send("b", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
+        assert_eq!(
+            s.send("c", &payload("x"), now, |_, _| Outcome::Keep),
+            Err(StoreError::TooManyMailboxes)
+        );
+    }
+}
