@@ -26,8 +26,12 @@ impl Server {
         // so a complete frame can never be stuck behind a full buffer.
         let limit = control::MAX_LINE + self.config.max_message + 4;
         loop {
-            let Some(conn) = self.conns.slab.get_mut(key) else { return };
-            let Proto::Control(c) = &mut conn.proto else { return };
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                return;
+            };
+            let Proto::Control(c) = &mut conn.proto else {
+                return;
+            };
             if c.paused || conn.close != Close::No {
                 return;
             }
@@ -64,9 +68,13 @@ impl Server {
     /// Handles every complete request buffered on a control connection.
     fn control_process(&mut self, key: usize, now: Instant) {
         let max_message = self.config.max_message;
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
         let queued = conn.out.len();
-        let Proto::Control(c) = &mut conn.proto else { return };
+        let Proto::Control(c) = &mut conn.proto else {
+            return;
+        };
         let input = std::mem::take(&mut c.inbuf);
         let mut skip = c.skip;
         let mut replies = Vec::new();
@@ -119,7 +127,9 @@ impl Server {
             }
             control::render(&mut replies, &reply);
         }
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
         if let Proto::Control(c) = &mut conn.proto {
             let mut input = input;
             input.drain(..consumed);
@@ -142,23 +152,38 @@ impl Server {
         let Server { store, conns, .. } = self;
         match request {
             Request::Ping => Ok(Reply::Pong),
-            Request::Send { mailbox, event, data } => {
+            Request::Send {
+                mailbox,
+                event,
+                data,
+            } => {
                 let payload = Payload::new(event, data);
                 let (id, live) = store
-                    .send(mailbox, &payload, now, |sub, msg| conns.deliver(sub, msg, max_output))
+                    .send(mailbox, &payload, now, |sub, msg| {
+                        conns.deliver(sub, msg, max_output)
+                    })
                     .map_err(full)?;
                 Ok(Reply::Ok(format!("{id} {live}")))
             }
-            Request::Publish { group, event, except, data } => {
+            Request::Publish {
+                group,
+                event,
+                except,
+                data,
+            } => {
                 let payload = Payload::new(event, data);
-                let (delivered, live) =
-                    store.publish(group, &payload, &except, now, |sub, msg| conns.deliver(sub, msg, max_output));
+                let (delivered, live) = store.publish(group, &payload, &except, now, |sub, msg| {
+                    conns.deliver(sub, msg, max_output)
+                });
                 Ok(Reply::Ok(format!("{delivered} {live}")))
             }
-            Request::Join { group, mailboxes } => {
-                store.join(group, &mailboxes, now).map(|n| Reply::Ok(n.to_string())).map_err(full)
+            Request::Join { group, mailboxes } => store
+                .join(group, &mailboxes, now)
+                .map(|n| Reply::Ok(n.to_string()))
+                .map_err(full),
+            Request::Leave { group, mailboxes } => {
+                Ok(Reply::Ok(store.leave(group, &mailboxes).to_string()))
             }
-            Request::Leave { group, mailboxes } => Ok(Reply::Ok(store.leave(group, &mailboxes).to_string())),
             Request::Members { group } => {
                 let members = store.members(group);
                 let mut fields = members.len().to_string();
@@ -169,10 +194,17 @@ impl Server {
                 Ok(Reply::Ok(fields))
             }
             Request::Drop { mailbox } => {
-                let subscribers = store.drop_mailbox(mailbox).map_err(|_| not_found(mailbox))?;
+                let subscribers = store
+                    .drop_mailbox(mailbox)
+                    .map_err(|_| not_found(mailbox))?;
                 for sub in subscribers {
                     let (key, rid) = split_sub(sub);
-                    if let Some(ex) = self.conns.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) {
+                    if let Some(ex) = self
+                        .conns
+                        .slab
+                        .get_mut(key)
+                        .and_then(|c| c.exchange_mut(rid))
+                    {
                         ex.subscribed = false;
                     }
                     self.end_exchange(key, rid, now);

@@ -12,7 +12,9 @@
 use std::time::Instant;
 
 use crate::codec::Status;
-use crate::conn::{Close, Conn, Exchange, HttpPhase, Proto, ReadEnd, discard_input, read_into, sub_id};
+use crate::conn::{
+    Close, Conn, Exchange, HttpPhase, Proto, ReadEnd, discard_input, read_into, sub_id,
+};
 use crate::gateway::http;
 use crate::outbuf::Chunk;
 use crate::request::{Head, Rejection, Route, Status as HttpStatus, route};
@@ -24,8 +26,12 @@ use crate::transport::{Transport, poll_body};
 impl Server {
     /// Reads what an HTTP client sent, then acts on complete request heads.
     pub(crate) fn http_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
-        let Proto::Http(h) = &mut conn.proto else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Proto::Http(h) = &mut conn.proto else {
+            return;
+        };
         let result = match &h.phase {
             HttpPhase::Head { .. } => read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD),
             // A keep-alive long-poll client may pipeline its next request.
@@ -50,8 +56,12 @@ impl Server {
     /// Handles every complete request head buffered on a connection in the head phase.
     fn http_process(&mut self, key: usize, now: Instant) {
         loop {
-            let Some(conn) = self.conns.slab.get_mut(key) else { return };
-            let Proto::Http(h) = &mut conn.proto else { return };
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                return;
+            };
+            let Proto::Http(h) = &mut conn.proto else {
+                return;
+            };
             if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head { .. }) {
                 return;
             }
@@ -61,7 +71,11 @@ impl Server {
                 Err(e) => {
                     log::debug!("conn={key} http {e}");
                     h.keep_alive = false;
-                    self.reject(key, Rejection::new(HttpStatus::BadRequest, e.to_string()), now);
+                    self.reject(
+                        key,
+                        Rejection::new(HttpStatus::BadRequest, e.to_string()),
+                        now,
+                    );
                     return;
                 }
             };
@@ -72,7 +86,10 @@ impl Server {
             h.keep_alive = keep_alive;
             let started = match routed {
                 Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
-                Ok(_) => Err(Rejection::new(HttpStatus::ServiceUnavailable, "shutting down")),
+                Ok(_) => Err(Rejection::new(
+                    HttpStatus::ServiceUnavailable,
+                    "shutting down",
+                )),
                 Err(rejection) => Err(rejection),
             };
             if let Err(rejection) = started {
@@ -83,23 +100,42 @@ impl Server {
 
     /// Answers a refused request with a short text body and closes after it.
     pub(crate) fn reject(&mut self, key: usize, rejection: Rejection, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
-        log::debug!("conn={key} {} rejected: {} {}", conn.proto.name(), rejection.status.code_reason().0, rejection.message);
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        log::debug!(
+            "conn={key} {} rejected: {} {}",
+            conn.proto.name(),
+            rejection.status.code_reason().0,
+            rejection.message
+        );
         if let Proto::Http(h) = &mut conn.proto {
             h.keep_alive = false;
         }
         let body = format!("{}\n", rejection.message).into_bytes();
-        conn.push_head(0, &Head::sized(rejection.status, "text/plain; charset=utf-8", body.len()));
+        conn.push_head(
+            0,
+            &Head::sized(rejection.status, "text/plain; charset=utf-8", body.len()),
+        );
         conn.out.push(Chunk::Owned(body));
         self.finish(key, 0, true, now);
     }
 
     /// Opens the mailbox and either answers at once or parks the request.
-    pub(crate) fn start_exchange(&mut self, key: usize, rid: u16, route: Route, now: Instant) -> Result<(), Rejection> {
+    pub(crate) fn start_exchange(
+        &mut self,
+        key: usize,
+        rid: u16,
+        route: Route,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         let mailbox = self.store.open(&route.mailbox, now).map_err(unavailable)?;
         let sub = sub_id(key, rid);
         if route.transport == Transport::Poll {
-            let backlog = self.store.backlog(mailbox, route.resume).ok_or_else(|| unavailable(StoreError::NotFound))?;
+            let backlog = self
+                .store
+                .backlog(mailbox, route.resume)
+                .ok_or_else(|| unavailable(StoreError::NotFound))?;
             if backlog.gap || backlog.messages.len() > 0 {
                 let body = poll_body(backlog.messages, backlog.last_id, backlog.gap);
                 self.send_answer(key, rid, body, now);
@@ -108,14 +144,37 @@ impl Server {
             let since = route.resume.unwrap_or(backlog.last_id);
             self.store.subscribe(mailbox, sub).map_err(unavailable)?;
             let deadline = now + self.config.poll_timeout;
-            self.park(key, rid, Exchange { mailbox, transport: Transport::Poll, since, subscribed: true, deadline });
-            log::debug!("conn={key} mailbox={} long-poll held since {since}", route.mailbox);
+            self.park(
+                key,
+                rid,
+                Exchange {
+                    mailbox,
+                    transport: Transport::Poll,
+                    since,
+                    subscribed: true,
+                    deadline,
+                },
+            );
+            log::debug!(
+                "conn={key} mailbox={} long-poll held since {since}",
+                route.mailbox
+            );
             return Ok(());
         }
         self.store.subscribe(mailbox, sub).map_err(unavailable)?;
         let transport = route.transport;
         let deadline = now + self.config.heartbeat;
-        self.park(key, rid, Exchange { mailbox, transport, since: 0, subscribed: true, deadline });
+        self.park(
+            key,
+            rid,
+            Exchange {
+                mailbox,
+                transport,
+                since: 0,
+                subscribed: true,
+                deadline,
+            },
+        );
         let scratch = &mut self.conns.scratch;
         scratch.extend(transport.preamble(self.config.retry_ms));
         if let Some(backlog) = self.store.backlog(mailbox, route.resume) {
@@ -130,24 +189,35 @@ impl Server {
         conn.push_head(rid, &Head::stream(transport));
         conn.push_body(rid, scratch);
         self.conns.schedule_flush(key);
-        log::debug!("conn={key} mailbox={} {transport:?} subscribed", route.mailbox);
+        log::debug!(
+            "conn={key} mailbox={} {transport:?} subscribed",
+            route.mailbox
+        );
         Ok(())
     }
 
     fn park(&mut self, key: usize, rid: u16, exchange: Exchange) {
         self.timers.insert(exchange.deadline, key, rid as u32);
-        if let Some(Conn { proto: Proto::Http(h), .. }) = self.conns.slab.get_mut(key) {
+        if let Some(Conn {
+            proto: Proto::Http(h),
+            ..
+        }) = self.conns.slab.get_mut(key)
+        {
             h.phase = HttpPhase::Active(exchange);
         }
     }
 
     /// A heartbeat or a long-poll hold came due.
     pub(crate) fn exchange_timer(&mut self, key: usize, rid: u16, at: Instant, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
         if conn.close != Close::No {
             return;
         }
-        let Some(ex) = conn.exchange_mut(rid) else { return };
+        let Some(ex) = conn.exchange_mut(rid) else {
+            return;
+        };
         if ex.deadline != at {
             return;
         }
@@ -161,7 +231,10 @@ impl Server {
         self.conns.scratch.extend(transport.heartbeat());
         conn.push_body(rid, &mut self.conns.scratch);
         if conn.out.len() > self.config.max_output {
-            log::warn!("conn={key} {} output over max-output at heartbeat: closing slow client", conn.proto.name());
+            log::warn!(
+                "conn={key} {} output over max-output at heartbeat: closing slow client",
+                conn.proto.name()
+            );
             self.conns.counters.slow_closed += 1;
             self.conns.close(key, Close::Now);
         } else {
@@ -179,11 +252,15 @@ impl Server {
     /// Answers a held long-poll with what its mailbox has after `since`
     /// (nothing, on a timeout or after a `DROP`).
     fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
         if conn.close != Close::No {
             return;
         }
-        let Some(ex) = conn.exchange_mut(rid) else { return };
+        let Some(ex) = conn.exchange_mut(rid) else {
+            return;
+        };
         if ex.transport != Transport::Poll {
             return;
         }
@@ -202,7 +279,10 @@ impl Server {
 
     fn send_answer(&mut self, key: usize, rid: u16, body: Vec<u8>, now: Instant) {
         let conn = &mut self.conns.slab[key];
-        conn.push_head(rid, &Head::sized(HttpStatus::Ok, Transport::Poll.content_type(), body.len()));
+        conn.push_head(
+            rid,
+            &Head::sized(HttpStatus::Ok, Transport::Poll.content_type(), body.len()),
+        );
         conn.out.push(Chunk::Owned(body));
         self.conns.counters.written += 1;
         self.finish(key, rid, true, now);
@@ -210,7 +290,14 @@ impl Server {
 
     /// Ends a request whose mailbox was dropped or whose server is stopping.
     pub(crate) fn end_exchange(&mut self, key: usize, rid: u16, now: Instant) {
-        let Some(ex) = self.conns.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) else { return };
+        let Some(ex) = self
+            .conns
+            .slab
+            .get_mut(key)
+            .and_then(|c| c.exchange_mut(rid))
+        else {
+            return;
+        };
         if ex.transport == Transport::Poll {
             self.conns.answers.push((key, rid));
             return;
@@ -229,7 +316,9 @@ impl Server {
     /// requests the client already pipelined.
     fn finish(&mut self, key: usize, rid: u16, sized: bool, now: Instant) {
         let deadline = now + self.config.request_timeout;
-        let Some(conn) = self.conns.slab.get_mut(key) else { return };
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
         conn.finish(rid, sized, deadline);
         self.timers.insert(deadline, key, HEAD_SLOT);
         self.conns.schedule_flush(key);
@@ -238,7 +327,9 @@ impl Server {
 
 fn unavailable(e: StoreError) -> Rejection {
     match e {
-        StoreError::TooManySubscribers => Rejection::new(HttpStatus::TooManyRequests, e.to_string()),
+        StoreError::TooManySubscribers => {
+            Rejection::new(HttpStatus::TooManyRequests, e.to_string())
+        }
         _ => Rejection::new(HttpStatus::ServiceUnavailable, e.to_string()),
     }
 }

@@ -138,10 +138,15 @@ impl Config {
             return Err(format!("{name} must be greater than 0"));
         }
         if self.retain_bytes < self.max_message {
-            return Err("retain-bytes must be at least max-message, or a message could never be retained".into());
+            return Err(
+                "retain-bytes must be at least max-message, or a message could never be retained"
+                    .into(),
+            );
         }
         if self.max_output < self.max_message + 64 {
-            return Err("max-output must exceed max-message, or one message would overflow it".into());
+            return Err(
+                "max-output must exceed max-message, or one message would overflow it".into(),
+            );
         }
         if self.max_subscribers > 0xffff {
             return Err("max-subscribers must be at most 65535".into());
@@ -177,17 +182,35 @@ struct Settings {
 impl Settings {
     fn apply(self, config: &mut Config) -> Result<(), String> {
         if let Some(list) = self.http {
-            config.http = list.iter().map(|s| ListenAddr::parse(s)).collect::<Result<_, _>>()?;
+            config.http = list
+                .iter()
+                .map(|s| ListenAddr::parse(s))
+                .collect::<Result<_, _>>()?;
         }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
         }
-        set!(control, retain, retain_bytes, max_subscribers, max_message, max_output, max_connections, max_mailboxes, max_groups, retry_ms);
+        set!(
+            control,
+            retain,
+            retain_bytes,
+            max_subscribers,
+            max_message,
+            max_output,
+            max_connections,
+            max_mailboxes,
+            max_groups,
+            retry_ms
+        );
         for (value, slot, name) in [
             (self.mailbox_ttl, &mut config.mailbox_ttl, "mailbox-ttl"),
             (self.heartbeat, &mut config.heartbeat, "heartbeat"),
             (self.poll_timeout, &mut config.poll_timeout, "poll-timeout"),
-            (self.request_timeout, &mut config.request_timeout, "request-timeout"),
+            (
+                self.request_timeout,
+                &mut config.request_timeout,
+                "request-timeout",
+            ),
         ] {
             if let Some(secs) = value {
                 *slot = seconds(secs, name)?;
@@ -198,7 +221,8 @@ impl Settings {
 }
 
 fn seconds(value: f64, name: &str) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value).map_err(|_| format!("{name} must be a number of seconds >= 0"))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| format!("{name} must be a number of seconds >= 0"))
 }
 
 /// What the command line asked for.
@@ -274,8 +298,14 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             return Ok(Command::Version);
         }
         let value: String = parser.value().map_err(err)?.string().map_err(err)?;
-        let int = |v: &str| v.parse::<usize>().map_err(|_| format!("--{name}: '{v}' is not a whole number"));
-        let secs = |v: &str| v.parse::<f64>().map_err(|_| format!("--{name}: '{v}' is not a number of seconds"));
+        let int = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|_| format!("--{name}: '{v}' is not a whole number"))
+        };
+        let secs = |v: &str| {
+            v.parse::<f64>()
+                .map_err(|_| format!("--{name}: '{v}' is not a number of seconds"))
+        };
         match name.as_str() {
             "http" => http.push(value),
             "control" => cli.control = Some(PathBuf::from(value)),
@@ -301,7 +331,8 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
     }
     let mut config = Config::default();
     if let Some(path) = config_file {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         parse_toml(&text)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .apply(&mut config)?;
@@ -335,7 +366,16 @@ mod tests {
 
     #[test]
     fn flags_override() {
-        let c = run(&["--http", "127.0.0.1:1", "--http=unix:/tmp/x", "--retain", "5", "--heartbeat", "0.5"]).unwrap();
+        let c = run(&[
+            "--http",
+            "127.0.0.1:1",
+            "--http=unix:/tmp/x",
+            "--retain",
+            "5",
+            "--heartbeat",
+            "0.5",
+        ])
+        .unwrap();
         assert_eq!(c.http.len(), 2);
         assert_eq!(c.http[1], ListenAddr::Unix("/tmp/x".into()));
         assert_eq!(c.retain, 5);
@@ -345,11 +385,31 @@ mod tests {
     #[test]
     fn bad_flags_are_clear() {
         assert!(run(&["--retain", "x"]).unwrap_err().contains("--retain"));
-        assert!(run(&["--nope", "1"]).unwrap_err().contains("unknown option --nope"));
-        assert!(run(&["--http", "nowhere"]).unwrap_err().contains("HOST:PORT"));
-        assert!(run(&["--retain", "0"]).unwrap_err().contains("retain must be"));
-        assert!(run(&["--heartbeat", "-1"]).unwrap_err().contains("heartbeat"));
-        assert!(run(&["--max-message", "2000000"]).unwrap_err().contains("retain-bytes"));
+        assert!(
+            run(&["--nope", "1"])
+                .unwrap_err()
+                .contains("unknown option --nope")
+        );
+        assert!(
+            run(&["--http", "nowhere"])
+                .unwrap_err()
+                .contains("HOST:PORT")
+        );
+        assert!(
+            run(&["--retain", "0"])
+                .unwrap_err()
+                .contains("retain must be")
+        );
+        assert!(
+            run(&["--heartbeat", "-1"])
+                .unwrap_err()
+                .contains("heartbeat")
+        );
+        assert!(
+            run(&["--max-message", "2000000"])
+                .unwrap_err()
+                .contains("retain-bytes")
+        );
     }
 
     #[test]

@@ -67,14 +67,24 @@ impl Write for Socket {
 }
 
 impl Source for Socket {
-    fn register(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.register(registry, token, interests),
             Socket::Unix(s) => s.register(registry, token, interests),
         }
     }
 
-    fn reregister(&mut self, registry: &Registry, token: Token, interests: Interest) -> io::Result<()> {
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
         match self {
             Socket::Tcp(s) => s.reregister(registry, token, interests),
             Socket::Unix(s) => s.reregister(registry, token, interests),
@@ -235,7 +245,10 @@ impl Conn {
     /// The exchange for request id `rid`, if one is active.
     pub fn exchange_mut(&mut self, rid: u16) -> Option<&mut Exchange> {
         match &mut self.proto {
-            Proto::Http(HttpState { phase: HttpPhase::Active(ex), .. }) if rid == 0 => Some(ex),
+            Proto::Http(HttpState {
+                phase: HttpPhase::Active(ex),
+                ..
+            }) if rid == 0 => Some(ex),
             _ => None,
         }
     }
@@ -243,7 +256,10 @@ impl Conn {
     /// Every active exchange, with its request id.
     pub fn exchanges(&self) -> Vec<(u16, &Exchange)> {
         match &self.proto {
-            Proto::Http(HttpState { phase: HttpPhase::Active(ex), .. }) => vec![(0, ex)],
+            Proto::Http(HttpState {
+                phase: HttpPhase::Active(ex),
+                ..
+            }) => vec![(0, ex)],
             _ => Vec::new(),
         }
     }
@@ -268,9 +284,13 @@ impl Conn {
     /// Ends request `rid`'s response: back to reading heads after a sized
     /// answer on a keep-alive connection, else close once output is written.
     pub fn finish(&mut self, _rid: u16, sized: bool, next_deadline: Instant) {
-        let Proto::Http(h) = &mut self.proto else { return };
+        let Proto::Http(h) = &mut self.proto else {
+            return;
+        };
         if sized && h.keep_alive {
-            h.phase = HttpPhase::Head { deadline: next_deadline };
+            h.phase = HttpPhase::Head {
+                deadline: next_deadline,
+            };
         } else {
             if self.close == Close::No {
                 self.close = Close::AfterFlush;
@@ -327,17 +347,19 @@ pub struct Conns {
 impl Conns {
     /// Puts a connection on the flush list (once).
     pub fn schedule_flush(&mut self, key: usize) {
-        if let Some(conn) = self.slab.get_mut(key) {
-            if !conn.pending {
-                conn.pending = true;
-                self.pending.push(key);
-            }
+        if let Some(conn) = self.slab.get_mut(key)
+            && !conn.pending
+        {
+            conn.pending = true;
+            self.pending.push(key);
         }
     }
 
     /// Marks a connection for closing; `Close::Now` reaps it this turn.
     pub fn close(&mut self, key: usize, how: Close) {
-        let Some(conn) = self.slab.get_mut(key) else { return };
+        let Some(conn) = self.slab.get_mut(key) else {
+            return;
+        };
         match (conn.close, how) {
             (Close::Now, _) | (_, Close::No) => {}
             (_, Close::Now) => {
@@ -354,11 +376,15 @@ impl Conns {
     /// Hands one message to one subscriber (the store's delivery callback).
     pub fn deliver(&mut self, sub: SubscriberId, msg: &Message, max_output: usize) -> Outcome {
         let (key, rid) = split_sub(sub);
-        let Some(conn) = self.slab.get_mut(key) else { return Outcome::Failed };
+        let Some(conn) = self.slab.get_mut(key) else {
+            return Outcome::Failed;
+        };
         if conn.close != Close::No {
             return Outcome::Failed;
         }
-        let Some(ex) = conn.exchange_mut(rid) else { return Outcome::Failed };
+        let Some(ex) = conn.exchange_mut(rid) else {
+            return Outcome::Failed;
+        };
         if ex.transport == Transport::Poll {
             ex.subscribed = false;
             self.answers.push((key, rid));

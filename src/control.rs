@@ -75,7 +75,10 @@ impl FrameError {
 }
 
 /// Finds the next request in `buf`.
-pub fn parse_frame(buf: &[u8], max_message: usize) -> Result<Status<(Frame<'_>, usize)>, FrameError> {
+pub fn parse_frame(
+    buf: &[u8],
+    max_message: usize,
+) -> Result<Status<(Frame<'_>, usize)>, FrameError> {
     let Some(nl) = buf.iter().take(MAX_LINE + 2).position(|&b| b == b'\n') else {
         return if buf.len() > MAX_LINE + 1 {
             Err(FrameError::LineTooLong)
@@ -94,16 +97,34 @@ pub fn parse_frame(buf: &[u8], max_message: usize) -> Result<Status<(Frame<'_>, 
     let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
     let verb = tokens.next().unwrap_or_default();
     if !(verb.eq_ignore_ascii_case(b"SEND") || verb.eq_ignore_ascii_case(b"PUBLISH")) {
-        return Ok(Status::Complete((Frame::Request { line, payload: None }, head)));
+        return Ok(Status::Complete((
+            Frame::Request {
+                line,
+                payload: None,
+            },
+            head,
+        )));
     }
     let Some(len_token) = tokens.nth(1) else {
         // Too few arguments: no payload can be expected; parse_request reports it.
-        return Ok(Status::Complete((Frame::Request { line, payload: None }, head)));
+        return Ok(Status::Complete((
+            Frame::Request {
+                line,
+                payload: None,
+            },
+            head,
+        )));
     };
     let len = parse_decimal(len_token)
         .ok_or_else(|| FrameError::BadLength(String::from_utf8_lossy(len_token).into_owned()))?;
     if len > max_message {
-        return Ok(Status::Complete((Frame::Oversize { len, skip: len.saturating_add(1) }, head)));
+        return Ok(Status::Complete((
+            Frame::Oversize {
+                len,
+                skip: len.saturating_add(1),
+            },
+            head,
+        )));
     }
     let rest = &buf[head..];
     if rest.len() < len + 1 {
@@ -116,7 +137,13 @@ pub fn parse_frame(buf: &[u8], max_message: usize) -> Result<Status<(Frame<'_>, 
         b'\r' if rest[len + 1] == b'\n' => len + 2,
         _ => return Err(FrameError::Unterminated),
     };
-    Ok(Status::Complete((Frame::Request { line, payload: Some(payload) }, head + end)))
+    Ok(Status::Complete((
+        Frame::Request {
+            line,
+            payload: Some(payload),
+        },
+        head + end,
+    )))
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
@@ -260,7 +287,10 @@ impl fmt::Display for ControlError {
 }
 
 /// Validates a framed request.
-pub fn parse_request<'a>(line: &'a [u8], payload: Option<&'a [u8]>) -> Result<Request<'a>, ControlError> {
+pub fn parse_request<'a>(
+    line: &'a [u8],
+    payload: Option<&'a [u8]>,
+) -> Result<Request<'a>, ControlError> {
     let line = std::str::from_utf8(line)
         .map_err(|_| ControlError::new(ErrorCode::Syntax, "request line is not UTF-8".into()))?;
     let mut args = line.split(' ').filter(|t| !t.is_empty());
@@ -285,7 +315,11 @@ pub fn parse_request<'a>(line: &'a [u8], payload: Option<&'a [u8]>) -> Result<Re
             arity(2, 3)?;
             let mailbox = checked_name(args[0], "mailbox")?;
             let options = Options::parse(&args[2..], false)?;
-            Ok(Request::Send { mailbox, event: options.event, data: utf8_payload(payload)? })
+            Ok(Request::Send {
+                mailbox,
+                event: options.event,
+                data: utf8_payload(payload)?,
+            })
         }
         "PUBLISH" => {
             arity(2, 4)?;
@@ -315,15 +349,21 @@ pub fn parse_request<'a>(line: &'a [u8], payload: Option<&'a [u8]>) -> Result<Re
         }
         "MEMBERS" => {
             arity(1, 1)?;
-            Ok(Request::Members { group: checked_name(args[0], "group")? })
+            Ok(Request::Members {
+                group: checked_name(args[0], "group")?,
+            })
         }
         "DROP" => {
             arity(1, 1)?;
-            Ok(Request::Drop { mailbox: checked_name(args[0], "mailbox")? })
+            Ok(Request::Drop {
+                mailbox: checked_name(args[0], "mailbox")?,
+            })
         }
         "INFO" => {
             arity(1, 1)?;
-            Ok(Request::Info { mailbox: checked_name(args[0], "mailbox")? })
+            Ok(Request::Info {
+                mailbox: checked_name(args[0], "mailbox")?,
+            })
         }
         _ => Err(ControlError::new(
             ErrorCode::Unknown,
@@ -339,10 +379,18 @@ struct Options<'a> {
 
 impl<'a> Options<'a> {
     fn parse(tokens: &[&'a str], allow_except: bool) -> Result<Options<'a>, ControlError> {
-        let mut options = Options { event: None, except: Vec::new() };
+        let mut options = Options {
+            event: None,
+            except: Vec::new(),
+        };
         let mut seen_except = false;
         for token in tokens {
-            let dup = || ControlError::new(ErrorCode::Option, format!("option given twice: '{}'", truncate(token, 32)));
+            let dup = || {
+                ControlError::new(
+                    ErrorCode::Option,
+                    format!("option given twice: '{}'", truncate(token, 32)),
+                )
+            };
             if let Some(event) = token.strip_prefix("event=") {
                 if options.event.is_some() {
                     return Err(dup());
@@ -383,8 +431,12 @@ fn checked_name<'a>(name: &'a str, what: &str) -> Result<&'a str, ControlError> 
 }
 
 fn utf8_payload(payload: Option<&[u8]>) -> Result<&str, ControlError> {
-    std::str::from_utf8(payload.unwrap_or_default())
-        .map_err(|e| ControlError::new(ErrorCode::Utf8, format!("payload is not UTF-8 (at byte {})", e.valid_up_to())))
+    std::str::from_utf8(payload.unwrap_or_default()).map_err(|e| {
+        ControlError::new(
+            ErrorCode::Utf8,
+            format!("payload is not UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary, for error messages.
@@ -433,7 +485,9 @@ mod tests {
 
     const MAX: usize = 64;
 
-    fn frames(mut input: &[u8]) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, FrameError> {
+    type Framed = (Vec<u8>, Option<Vec<u8>>);
+
+    fn frames(mut input: &[u8]) -> Result<Vec<Framed>, FrameError> {
         let mut out = vec![];
         loop {
             match parse_frame(input, MAX)? {
@@ -441,7 +495,9 @@ mod tests {
                 Status::Complete((frame, used)) => {
                     match frame {
                         Frame::Blank => {}
-                        Frame::Request { line, payload } => out.push((line.to_vec(), payload.map(<[u8]>::to_vec))),
+                        Frame::Request { line, payload } => {
+                            out.push((line.to_vec(), payload.map(<[u8]>::to_vec)))
+                        }
                         Frame::Oversize { .. } => panic!("oversize in table test"),
                     }
                     input = &input[used..];
@@ -455,7 +511,10 @@ mod tests {
         let got = frames(b"PING\r\nSEND a 5 event=x\nhe\nlo\nPUBLISH g 0\n\nINFO a\n").unwrap();
         assert_eq!(got.len(), 4);
         assert_eq!(got[0], (b"PING".to_vec(), None));
-        assert_eq!(got[1], (b"SEND a 5 event=x".to_vec(), Some(b"he\nlo".to_vec())));
+        assert_eq!(
+            got[1],
+            (b"SEND a 5 event=x".to_vec(), Some(b"he\nlo".to_vec()))
+        );
         assert_eq!(got[2], (b"PUBLISH g 0".to_vec(), Some(vec![])));
         assert_eq!(got[3], (b"INFO a".to_vec(), None));
     }
@@ -498,10 +557,22 @@ mod tests {
 
     #[test]
     fn framing_errors() {
-        assert_eq!(parse_frame(b"SEND a x\n", MAX), Err(FrameError::BadLength("x".into())));
-        assert_eq!(parse_frame(b"SEND a -1\n", MAX), Err(FrameError::BadLength("-1".into())));
-        assert_eq!(parse_frame(b"SEND a 2\nabc", MAX), Err(FrameError::Unterminated));
-        assert_eq!(parse_frame(b"SEND a 2\nab\rX", MAX), Err(FrameError::Unterminated));
+        assert_eq!(
+            parse_frame(b"SEND a x\n", MAX),
+            Err(FrameError::BadLength("x".into()))
+        );
+        assert_eq!(
+            parse_frame(b"SEND a -1\n", MAX),
+            Err(FrameError::BadLength("-1".into()))
+        );
+        assert_eq!(
+            parse_frame(b"SEND a 2\nabc", MAX),
+            Err(FrameError::Unterminated)
+        );
+        assert_eq!(
+            parse_frame(b"SEND a 2\nab\rX", MAX),
+            Err(FrameError::Unterminated)
+        );
         assert_eq!(parse_frame(b"SEND a 2\nab\r", MAX), Ok(Status::Partial));
         let long = vec![b'x'; MAX_LINE + 2];
         assert_eq!(parse_frame(&long, MAX), Err(FrameError::LineTooLong));
@@ -515,12 +586,18 @@ mod tests {
     fn oversize_reports_bytes_to_skip() {
         assert_eq!(
             parse_frame(b"SEND a 65\nrest", MAX),
-            Ok(Status::Complete((Frame::Oversize { len: 65, skip: 66 }, 10)))
+            Ok(Status::Complete((
+                Frame::Oversize { len: 65, skip: 66 },
+                10
+            )))
         );
         assert_eq!(
             parse_frame(b"SEND a 99999999999999999\n", MAX),
             Ok(Status::Complete((
-                Frame::Oversize { len: 99999999999999999, skip: 100000000000000000 },
+                Frame::Oversize {
+                    len: 99999999999999999,
+                    skip: 100000000000000000
+                },
                 25
             )))
         );
@@ -539,7 +616,9 @@ mod tests {
                 let alphabet = b"SEND PUBLISH 0123456789\n\r ae=,";
                 buf.push(alphabet[(seed % alphabet.len() as u64) as usize]);
             }
-            if let Ok(Status::Complete((Frame::Request { line, payload }, used))) = parse_frame(&buf, MAX) {
+            if let Ok(Status::Complete((Frame::Request { line, payload }, used))) =
+                parse_frame(&buf, MAX)
+            {
                 assert!(used <= buf.len());
                 let _ = parse_request(line, payload);
             }
@@ -561,18 +640,39 @@ mod tests {
         assert_eq!(req("ping", None).unwrap(), Request::Ping);
         assert_eq!(
             req("SEND alice 2 event=chat", Some("hi")).unwrap(),
-            Request::Send { mailbox: "alice", event: Some("chat"), data: "hi" }
+            Request::Send {
+                mailbox: "alice",
+                event: Some("chat"),
+                data: "hi"
+            }
         );
         assert_eq!(
             req("PUBLISH room 1 except=a,b event=m", Some("x")).unwrap(),
-            Request::Publish { group: "room", event: Some("m"), except: vec!["a", "b"], data: "x" }
+            Request::Publish {
+                group: "room",
+                event: Some("m"),
+                except: vec!["a", "b"],
+                data: "x"
+            }
         );
         assert_eq!(
             req("JOIN g a b", None).unwrap(),
-            Request::Join { group: "g", mailboxes: vec!["a", "b"] }
+            Request::Join {
+                group: "g",
+                mailboxes: vec!["a", "b"]
+            }
         );
-        assert_eq!(req("LEAVE g a", None).unwrap(), Request::Leave { group: "g", mailboxes: vec!["a"] });
-        assert_eq!(req("MEMBERS g", None).unwrap(), Request::Members { group: "g" });
+        assert_eq!(
+            req("LEAVE g a", None).unwrap(),
+            Request::Leave {
+                group: "g",
+                mailboxes: vec!["a"]
+            }
+        );
+        assert_eq!(
+            req("MEMBERS g", None).unwrap(),
+            Request::Members { group: "g" }
+        );
         assert_eq!(req("DROP a", None).unwrap(), Request::Drop { mailbox: "a" });
         assert_eq!(req("INFO a", None).unwrap(), Request::Info { mailbox: "a" });
         assert_eq!(req("STATS", None).unwrap(), Request::Stats);
@@ -589,7 +689,10 @@ mod tests {
         assert_eq!(code(req("SEND a 1 colour=red", Some("x"))), "OPTION");
         assert_eq!(code(req("SEND a 1 except=b", Some("x"))), "OPTION");
         assert_eq!(code(req("SEND a 1 event=x event=y", Some("x"))), "SYNTAX");
-        assert_eq!(code(req("PUBLISH g 1 event=x event=y", Some("x"))), "OPTION");
+        assert_eq!(
+            code(req("PUBLISH g 1 event=x event=y", Some("x"))),
+            "OPTION"
+        );
         assert_eq!(code(req("PUBLISH g 1 except=a,b/c", Some("x"))), "NAME");
         assert_eq!(code(req("JOIN g", None)), "SYNTAX");
         assert_eq!(code(req("JOIN g a b!", None)), "NAME");
@@ -605,7 +708,10 @@ mod tests {
         render(&mut out, &Ok(Reply::Pong));
         render(&mut out, &Ok(Reply::Ok("1 2".into())));
         render(&mut out, &Ok(Reply::Ok(String::new())));
-        render(&mut out, &Err(ControlError::new(ErrorCode::NotFound, "no\nsuch".into())));
+        render(
+            &mut out,
+            &Err(ControlError::new(ErrorCode::NotFound, "no\nsuch".into())),
+        );
         assert_eq!(out, b"PONG\nOK 1 2\nOK\nERR NOTFOUND nosuch\n");
     }
 }

@@ -36,7 +36,10 @@ impl Chunk {
         if bytes.len() <= INLINE {
             let mut buf = [0; INLINE];
             buf[..bytes.len()].copy_from_slice(bytes);
-            Chunk::Inline { buf, len: bytes.len() as u8 }
+            Chunk::Inline {
+                buf,
+                len: bytes.len() as u8,
+            }
         } else {
             Chunk::Owned(bytes.to_vec())
         }
@@ -132,7 +135,9 @@ impl OutQueue {
     fn consume(&mut self, mut written: usize) {
         self.len -= written;
         while written > 0 {
-            let Some(front) = self.chunks.front() else { break };
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
             let left = front.len() - self.offset;
             if written < left {
                 self.offset += written;
@@ -192,7 +197,11 @@ mod tests {
         q.push_bytes(b"tail");
         q.push_bytes(b"+more");
         let total = q.len();
-        let mut w = Trickle { out: vec![], per_call: 3, calls_left: 2 };
+        let mut w = Trickle {
+            out: vec![],
+            per_call: 3,
+            calls_left: 2,
+        };
         assert!(!q.write_to(&mut w).unwrap());
         assert_eq!(q.len(), total - 6);
         w.calls_left = usize::MAX;

@@ -75,7 +75,10 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection with a message.
     pub fn new(status: Status, message: impl Into<String>) -> Rejection {
-        Rejection { status, message: message.into() }
+        Rejection {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -88,7 +91,10 @@ impl Rejection {
 /// busters pass.
 pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
     if req.method != "GET" {
-        return Err(Rejection::new(Status::MethodNotAllowed, "only GET is supported"));
+        return Err(Rejection::new(
+            Status::MethodNotAllowed,
+            "only GET is supported",
+        ));
     }
     let mailbox = req.path.rsplit('/').next().unwrap_or_default();
     if !name::is_valid(mailbox) {
@@ -107,7 +113,12 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
                     "sse" => Transport::Sse,
                     "poll" => Transport::Poll,
                     "stream" => Transport::Stream,
-                    _ => return Err(Rejection::new(Status::BadRequest, "transport must be sse, poll or stream")),
+                    _ => {
+                        return Err(Rejection::new(
+                            Status::BadRequest,
+                            "transport must be sse, poll or stream",
+                        ));
+                    }
                 })
             }
             "last_id" => last_id = Some(parse_id(value, "last_id")?),
@@ -125,13 +136,17 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
     Ok(Route {
         mailbox: mailbox.to_string(),
         transport,
-        resume: header.or(last_id).or(since),
+        // Ids start far above 0, so 0 can only mean "from the beginning".
+        resume: header.or(last_id).or(since).filter(|&id| id != 0),
     })
 }
 
 fn parse_id(value: &str, what: &str) -> Result<u64, Rejection> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejection::new(Status::BadRequest, format!("{what} must be a message id")));
+        return Err(Rejection::new(
+            Status::BadRequest,
+            format!("{what} must be a message id"),
+        ));
     }
     value
         .parse()
@@ -152,12 +167,20 @@ pub struct Head {
 impl Head {
     /// The head of a streaming (SSE or raw stream) response.
     pub fn stream(transport: Transport) -> Head {
-        Head { status: Status::Ok, content_type: transport.content_type(), content_length: None }
+        Head {
+            status: Status::Ok,
+            content_type: transport.content_type(),
+            content_length: None,
+        }
     }
 
     /// The head of a complete body.
     pub fn sized(status: Status, content_type: &'static str, len: usize) -> Head {
-        Head { status, content_type, content_length: Some(len) }
+        Head {
+            status,
+            content_type,
+            content_length: Some(len),
+        }
     }
 
     /// Appends the header lines common to every gateway (each ending in CRLF).
@@ -181,27 +204,58 @@ mod tests {
     use super::*;
 
     fn get(path: &'static str, query: &'static str) -> Request<'static> {
-        Request { method: "GET", path, query, ..Request::default() }
+        Request {
+            method: "GET",
+            path,
+            query,
+            ..Request::default()
+        }
     }
 
     #[test]
     fn mailbox_is_last_segment() {
         let r = route(&get("/comet/chat/alice", "")).unwrap();
-        assert_eq!(r, Route { mailbox: "alice".into(), transport: Transport::Sse, resume: None });
+        assert_eq!(
+            r,
+            Route {
+                mailbox: "alice".into(),
+                transport: Transport::Sse,
+                resume: None
+            }
+        );
         assert_eq!(route(&get("/alice", "")).unwrap().mailbox, "alice");
         for bad in ["/comet/", "/", "", "/comet/a%20b", "/comet/a b"] {
-            assert_eq!(route(&get(bad, "")).unwrap_err().status, Status::BadRequest, "{bad}");
+            assert_eq!(
+                route(&get(bad, "")).unwrap_err().status,
+                Status::BadRequest,
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn transport_and_resume_selection() {
+        assert_eq!(route(&get("/m", "since=0")).unwrap().resume, None);
         let r = route(&get("/m", "transport=poll&since=5&_=123")).unwrap();
         assert_eq!((r.transport, r.resume), (Transport::Poll, Some(5)));
-        assert_eq!(route(&get("/m", "transport=stream")).unwrap().transport, Transport::Stream);
-        assert_eq!(route(&get("/m", "transport=ws")).unwrap_err().status, Status::BadRequest);
-        assert_eq!(route(&get("/m", "since=-1")).unwrap_err().status, Status::BadRequest);
-        assert_eq!(route(&get("/m", "since=99999999999999999999")).unwrap_err().status, Status::BadRequest);
+        assert_eq!(
+            route(&get("/m", "transport=stream")).unwrap().transport,
+            Transport::Stream
+        );
+        assert_eq!(
+            route(&get("/m", "transport=ws")).unwrap_err().status,
+            Status::BadRequest
+        );
+        assert_eq!(
+            route(&get("/m", "since=-1")).unwrap_err().status,
+            Status::BadRequest
+        );
+        assert_eq!(
+            route(&get("/m", "since=99999999999999999999"))
+                .unwrap_err()
+                .status,
+            Status::BadRequest
+        );
         let mut req = get("/m", "last_id=3&since=2");
         assert_eq!(route(&req).unwrap().resume, Some(3));
         req.last_event_id = Some("10");
@@ -214,7 +268,11 @@ mod tests {
 
     #[test]
     fn only_get() {
-        let req = Request { method: "POST", path: "/m", ..Request::default() };
+        let req = Request {
+            method: "POST",
+            path: "/m",
+            ..Request::default()
+        };
         assert_eq!(route(&req).unwrap_err().status, Status::MethodNotAllowed);
     }
 

@@ -98,15 +98,18 @@ impl Server {
     /// Binds every listener and the signal handlers.
     pub fn new(config: Config) -> Result<Server, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals = Signals::new([SIGTERM, SIGINT])
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
         let mut listeners = Vec::new();
         let control = ListenAddr::Unix(config.control.clone());
-        let wanted = std::iter::once((Role::Control, &control)).chain(config.http.iter().map(|a| (Role::Http, a)));
+        let wanted = std::iter::once((Role::Control, &control))
+            .chain(config.http.iter().map(|a| (Role::Http, a)));
         for (i, (role, addr)) in wanted.enumerate() {
-            let mut socket = bind(addr).map_err(|e| format!("cannot listen on {addr} ({}): {e}", role.name()))?;
+            let mut socket = bind(addr)
+                .map_err(|e| format!("cannot listen on {addr} ({}): {e}", role.name()))?;
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
                 ListenSocket::Tcp(l) => poll.registry().register(l, token, Interest::READABLE),
@@ -116,7 +119,9 @@ impl Server {
             log::info!("listening {}={}", role.name(), local_name(&socket));
             listeners.push(Listener { role, socket });
         }
-        let first_id = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        let first_id = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
         Ok(Server {
             poll,
             listeners,
@@ -136,11 +141,16 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
-            if self.shutdown.is_some_and(|deadline| self.conns.slab.is_empty() || now >= deadline) {
+            if self
+                .shutdown
+                .is_some_and(|deadline| self.conns.slab.is_empty() || now >= deadline)
+            {
                 log::info!("shut down ({} connections left)", self.conns.slab.len());
                 return Ok(());
             }
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(now));
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -158,10 +168,14 @@ impl Server {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.timers.next_deadline(), self.store.next_deadline(), self.shutdown]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.next_deadline(),
+            self.store.next_deadline(),
+            self.shutdown,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn dispatch(&mut self, event: &mio::event::Event, now: Instant) {
@@ -174,7 +188,9 @@ impl Server {
             Token(t) if t < FIRST_CONN => self.accept(t - LISTENER_BASE, now),
             Token(t) => {
                 let key = t - FIRST_CONN;
-                let Some(conn) = self.conns.slab.get(key) else { return };
+                let Some(conn) = self.conns.slab.get(key) else {
+                    return;
+                };
                 let control = matches!(conn.proto, Proto::Control(_));
                 if event.is_writable() {
                     self.conns.schedule_flush(key);
@@ -191,10 +207,14 @@ impl Server {
     }
 
     fn accept(&mut self, index: usize, now: Instant) {
-        let Some(listener) = self.listeners.get(index) else { return };
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
         let role = listener.role;
         loop {
-            let Some(listener) = self.listeners.get(index) else { return };
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
             let accepted = match &listener.socket {
                 ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
                     let _ = s.set_nodelay(true);
@@ -225,7 +245,11 @@ impl Server {
             }
             let entry = self.conns.slab.vacant_entry();
             let key = entry.key();
-            if let Err(e) = self.poll.registry().register(&mut socket, Token(FIRST_CONN + key), Interest::READABLE) {
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(FIRST_CONN + key),
+                Interest::READABLE,
+            ) {
                 log::warn!("cannot register connection: {e}");
                 continue;
             }
@@ -238,10 +262,21 @@ impl Server {
                     self.clients += 1;
                     let deadline = now + self.config.request_timeout;
                     self.timers.insert(deadline, key, HEAD_SLOT);
-                    Proto::Http(HttpState { inbuf: Vec::new(), phase: HttpPhase::Head { deadline }, keep_alive: false })
+                    Proto::Http(HttpState {
+                        inbuf: Vec::new(),
+                        phase: HttpPhase::Head { deadline },
+                        keep_alive: false,
+                    })
                 }
             };
-            entry.insert(Conn { socket, proto, out: OutQueue::default(), writable: false, pending: false, close: Close::No });
+            entry.insert(Conn {
+                socket,
+                proto,
+                out: OutQueue::default(),
+                writable: false,
+                pending: false,
+                close: Close::No,
+            });
             self.conns.counters.accepted += 1;
             log::debug!("conn={key} {} accepted", role.name());
         }
@@ -262,7 +297,9 @@ impl Server {
     }
 
     fn head_timeout(&mut self, key: usize, at: Instant) {
-        let Some(conn) = self.conns.slab.get(key) else { return };
+        let Some(conn) = self.conns.slab.get(key) else {
+            return;
+        };
         let waiting_head = matches!(&conn.proto, Proto::Http(HttpState { phase: HttpPhase::Head { deadline }, .. }) if *deadline == at);
         if waiting_head || conn.close == Close::AfterFlush {
             log::debug!("conn={key} {} timed out", conn.proto.name());
@@ -272,7 +309,9 @@ impl Server {
 
     fn flush(&mut self, now: Instant) {
         while let Some(key) = self.conns.pending.pop() {
-            let Some(conn) = self.conns.slab.get_mut(key) else { continue };
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                continue;
+            };
             conn.pending = false;
             if conn.close == Close::Now {
                 continue;
@@ -281,7 +320,11 @@ impl Server {
                 Ok(true) => {
                     if conn.writable {
                         conn.writable = false;
-                        let _ = self.poll.registry().reregister(&mut conn.socket, Token(FIRST_CONN + key), Interest::READABLE);
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.socket,
+                            Token(FIRST_CONN + key),
+                            Interest::READABLE,
+                        );
                     }
                     if conn.close == Close::AfterFlush {
                         self.conns.close(key, Close::Now);
@@ -293,7 +336,11 @@ impl Server {
                     if !conn.writable {
                         conn.writable = true;
                         let interest = Interest::READABLE | Interest::WRITABLE;
-                        let _ = self.poll.registry().reregister(&mut conn.socket, Token(FIRST_CONN + key), interest);
+                        let _ = self.poll.registry().reregister(
+                            &mut conn.socket,
+                            Token(FIRST_CONN + key),
+                            interest,
+                        );
                     }
                 }
                 Err(e) => {
@@ -306,7 +353,12 @@ impl Server {
 
     fn reap(&mut self, now: Instant) {
         while let Some(key) = self.conns.closing.pop() {
-            if self.conns.slab.get(key).is_none_or(|c| c.close != Close::Now) {
+            if self
+                .conns
+                .slab
+                .get(key)
+                .is_none_or(|c| c.close != Close::Now)
+            {
                 continue;
             }
             let mut conn = self.conns.slab.remove(key);
@@ -330,7 +382,10 @@ impl Server {
         if self.shutdown.is_some() {
             return;
         }
-        log::info!("shutting down: closing listeners and ending {} connections", self.conns.slab.len());
+        log::info!(
+            "shutting down: closing listeners and ending {} connections",
+            self.conns.slab.len()
+        );
         for mut listener in self.listeners.drain(..) {
             let _ = match &mut listener.socket {
                 ListenSocket::Tcp(l) => self.poll.registry().deregister(l),
@@ -340,7 +395,14 @@ impl Server {
         self.shutdown = Some(now + SHUTDOWN_GRACE);
         let keys: Vec<usize> = self.conns.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let active: Vec<u16> = self.conns.slab[key].exchanges().iter().map(|(rid, _)| *rid).collect();
+            if let Proto::Http(h) = &mut self.conns.slab[key].proto {
+                h.keep_alive = false;
+            }
+            let active: Vec<u16> = self.conns.slab[key]
+                .exchanges()
+                .iter()
+                .map(|(rid, _)| *rid)
+                .collect();
             match &self.conns.slab[key].proto {
                 Proto::Control(_) => self.conns.close(key, Close::AfterFlush),
                 _ if active.is_empty() => self.conns.close(key, Close::Now),
@@ -367,12 +429,20 @@ fn bind(addr: &ListenAddr) -> io::Result<ListenSocket> {
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
     if !meta.file_type().is_socket() {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the path exists and is not a socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening there")),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening there",
+        )),
         Err(_) => {
             log::warn!("removing stale socket {}", path.display());
             std::fs::remove_file(path)
@@ -382,7 +452,9 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 
 fn local_name(socket: &ListenSocket) -> String {
     match socket {
-        ListenSocket::Tcp(l) => l.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        ListenSocket::Tcp(l) => l
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string()),
         ListenSocket::Unix(_, path) => format!("unix:{}", path.display()),
     }
 }

@@ -174,7 +174,9 @@ impl Mailbox {
         while self.messages.len() > limits.retain
             || (self.bytes > limits.retain_bytes && self.messages.len() > 1)
         {
-            let Some(old) = self.messages.pop_front() else { break };
+            let Some(old) = self.messages.pop_front() else {
+                break;
+            };
             self.bytes -= old.payload.len();
             self.horizon = old.id;
             evicted += 1;
@@ -435,7 +437,9 @@ impl Store {
 
     /// Removes a subscriber; harmless if it is no longer there.
     pub fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
-        let Some(mb) = self.get_mut(mailbox) else { return };
+        let Some(mb) = self.get_mut(mailbox) else {
+            return;
+        };
         let Some(i) = mb.subscribers.iter().position(|&s| s == sub) else {
             return;
         };
@@ -583,14 +587,13 @@ impl Store {
         let Membership { group, slot } = membership;
         let members = &mut self.groups[group].members;
         members.swap_remove(slot);
-        if let Some(&moved) = members.get(slot) {
-            if let Some(m) = self.mailboxes[moved]
+        if let Some(&moved) = members.get(slot)
+            && let Some(m) = self.mailboxes[moved]
                 .memberships
                 .iter_mut()
                 .find(|m| m.group == group)
-            {
-                m.slot = slot;
-            }
+        {
+            m.slot = slot;
         }
         if self.groups[group].members.is_empty() {
             let removed = self.groups.remove(group);
@@ -626,8 +629,12 @@ mod tests {
     fn ids_increase_across_mailboxes_and_start_at_seed() {
         let now = Instant::now();
         let mut s = Store::new(limits(), 1000);
-        let (a, _) = s.send("a", &payload("1"), now, |_, _| Outcome::Keep).unwrap();
-        let (b, _) = s.send("b", &payload("2"), now, |_, _| Outcome::Keep).unwrap();
+        let (a, _) = s
+            .send("a", &payload("1"), now, |_, _| Outcome::Keep)
+            .unwrap();
+        let (b, _) = s
+            .send("b", &payload("2"), now, |_, _| Outcome::Keep)
+            .unwrap();
         assert_eq!((a, b), (1000, 1001));
     }
 
@@ -661,8 +668,10 @@ mod tests {
         let mut l = limits();
         l.retain_bytes = 4;
         let mut s = Store::new(l, 1);
-        s.send("a", &payload("abc"), now, |_, _| Outcome::Keep).unwrap();
-        s.send("a", &payload("defgh"), now, |_, _| Outcome::Keep).unwrap();
+        s.send("a", &payload("abc"), now, |_, _| Outcome::Keep)
+            .unwrap();
+        s.send("a", &payload("defgh"), now, |_, _| Outcome::Keep)
+            .unwrap();
         let r = s.open("a", now).unwrap();
         assert_eq!(ids(&s.backlog(r, None).unwrap()), vec![2]);
     }
@@ -671,7 +680,8 @@ mod tests {
     fn resume_from_before_mailbox_existed_is_a_gap() {
         let now = Instant::now();
         let mut s = Store::new(limits(), 1);
-        s.send("other", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
+        s.send("other", &payload("x"), now, |_, _| Outcome::Keep)
+            .unwrap();
         let r = s.open("fresh", now).unwrap();
         assert!(s.backlog(r, Some(0)).unwrap().gap);
         assert!(!s.backlog(r, Some(1)).unwrap().gap);
@@ -692,7 +702,11 @@ mod tests {
         let (_, live) = s
             .send("a", &payload("hi"), now, |sub, m| {
                 seen.push((sub.0, m.id));
-                if sub.0 == 1 { Outcome::Done } else { Outcome::Keep }
+                if sub.0 == 1 {
+                    Outcome::Done
+                } else {
+                    Outcome::Keep
+                }
             })
             .unwrap();
         assert_eq!(live, 2);
@@ -711,7 +725,8 @@ mod tests {
         let mut got = vec![];
         for name in ["a", "b", "c"] {
             let r = s.open(name, now).unwrap();
-            s.subscribe(r, SubscriberId(name.as_bytes()[0] as u64)).unwrap();
+            s.subscribe(r, SubscriberId(name.as_bytes()[0] as u64))
+                .unwrap();
         }
         let (n, live) = s.publish("g", &payload("p"), &["b", "nobody"], now, |sub, m| {
             got.push((sub.0, m.id));
@@ -721,7 +736,10 @@ mod tests {
         got.sort();
         assert_eq!(got.len(), 2);
         assert_ne!(got[0].1, got[1].1, "each member gets its own id");
-        assert_eq!(s.publish("nope", &payload("p"), &[], now, |_, _| Outcome::Keep), (0, 0));
+        assert_eq!(
+            s.publish("nope", &payload("p"), &[], now, |_, _| Outcome::Keep),
+            (0, 0)
+        );
     }
 
     #[test]
@@ -757,7 +775,10 @@ mod tests {
         // b goes idle later and expires a TTL after that, taking the group with it.
         let t1 = t0 + Duration::from_secs(5);
         s.unsubscribe(rb, SubscriberId(9), t1);
-        assert_eq!(s.info("b", t1 + Duration::from_secs(3)).unwrap().idle_secs, 3);
+        assert_eq!(
+            s.info("b", t1 + Duration::from_secs(3)).unwrap().idle_secs,
+            3
+        );
         assert_eq!(s.expire(t1 + ttl - Duration::from_millis(1)), 0);
         assert_eq!(s.expire(t1 + ttl), 1);
         assert_eq!(s.stats().groups, 0);
@@ -795,10 +816,15 @@ mod tests {
         let mut l = limits();
         l.max_mailboxes = 2;
         let mut s = Store::new(l, 1);
-        assert_eq!(s.join("g", &["a", "b", "c"], now), Err(StoreError::TooManyMailboxes));
+        assert_eq!(
+            s.join("g", &["a", "b", "c"], now),
+            Err(StoreError::TooManyMailboxes)
+        );
         assert_eq!(s.stats().mailboxes, 0);
-        s.send("a", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
-        s.send("b", &payload("x"), now, |_, _| Outcome::Keep).unwrap();
+        s.send("a", &payload("x"), now, |_, _| Outcome::Keep)
+            .unwrap();
+        s.send("b", &payload("x"), now, |_, _| Outcome::Keep)
+            .unwrap();
         assert_eq!(
             s.send("c", &payload("x"), now, |_, _| Outcome::Keep),
             Err(StoreError::TooManyMailboxes)

@@ -74,7 +74,8 @@ impl Transport {
         if self == Transport::Sse {
             let oldest = oldest.map_or_else(|| "null".to_string(), |o| o.to_string());
             out.push(Chunk::Owned(
-                format!("event: gap\ndata: {{\"since\":{since},\"oldest\":{oldest}}}\n\n").into_bytes(),
+                format!("event: gap\ndata: {{\"since\":{since},\"oldest\":{oldest}}}\n\n")
+                    .into_bytes(),
             ));
         }
     }
@@ -119,7 +120,11 @@ pub fn sse_body(payload: &Payload) -> Vec<u8> {
         match end {
             None => break,
             Some(i) => {
-                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
                 rest = &rest[i + skip..];
             }
         }
@@ -168,13 +173,20 @@ fn json_tail(payload: &Payload) -> Vec<u8> {
     }
     out.extend_from_slice(b",\"data\":");
     // Payloads are checked to be UTF-8 when they enter the server.
-    json_string(&mut out, std::str::from_utf8(payload.data()).unwrap_or_default());
+    json_string(
+        &mut out,
+        std::str::from_utf8(payload.data()).unwrap_or_default(),
+    );
     out.push(b'}');
     out
 }
 
 /// The whole JSON body of a long-poll answer.
-pub fn poll_body<'a>(messages: impl Iterator<Item = &'a Message>, last_id: u64, gap: bool) -> Vec<u8> {
+pub fn poll_body<'a>(
+    messages: impl Iterator<Item = &'a Message>,
+    last_id: u64,
+    gap: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"{\"messages\":[");
     let mut last = last_id;
@@ -205,7 +217,10 @@ mod tests {
     use super::*;
 
     fn msg(id: u64, event: Option<&str>, data: &str) -> Message {
-        Message { id, payload: Payload::new(event, data) }
+        Message {
+            id,
+            payload: Payload::new(event, data),
+        }
     }
 
     fn concat(chunks: &[Chunk]) -> String {
@@ -216,7 +231,10 @@ mod tests {
     fn sse_frames_lines_and_events() {
         let mut out = vec![];
         Transport::Sse.message(&msg(7, Some("chat"), "a\nb\r\nc\rd"), &mut out);
-        assert_eq!(concat(&out), "id: 7\nevent: chat\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(
+            concat(&out),
+            "id: 7\nevent: chat\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
         out.clear();
         Transport::Sse.message(&msg(18446744073709551615, None, ""), &mut out);
         assert_eq!(concat(&out), "id: 18446744073709551615\ndata: \n\n");
@@ -229,7 +247,10 @@ mod tests {
     fn sse_gap_has_no_id() {
         let mut out = vec![];
         Transport::Sse.gap(3, Some(9), &mut out);
-        assert_eq!(concat(&out), "event: gap\ndata: {\"since\":3,\"oldest\":9}\n\n");
+        assert_eq!(
+            concat(&out),
+            "event: gap\ndata: {\"since\":3,\"oldest\":9}\n\n"
+        );
         out.clear();
         Transport::Stream.gap(3, None, &mut out);
         assert!(out.is_empty());
@@ -246,7 +267,10 @@ mod tests {
     fn json_escapes_everything_needed() {
         let mut out = vec![];
         json_string(&mut out, "q\"b\\n\n\t\u{1}é😀\u{7f}");
-        assert_eq!(String::from_utf8(out).unwrap(), "\"q\\\"b\\\\n\\n\\t\\u0001é😀\u{7f}\"");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"q\\\"b\\\\n\\n\\t\\u0001é😀\u{7f}\""
+        );
     }
 
     #[test]

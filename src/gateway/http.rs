@@ -41,7 +41,10 @@ impl std::fmt::Display for HeadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HeadError::Malformed(e) => write!(f, "malformed request head: {e}"),
-            HeadError::TooLarge => write!(f, "request head larger than {MAX_HEAD} bytes or {MAX_HEADERS} headers"),
+            HeadError::TooLarge => write!(
+                f,
+                "request head larger than {MAX_HEAD} bytes or {MAX_HEADERS} headers"
+            ),
         }
     }
 }
@@ -52,7 +55,9 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
     let mut req = httparse::Request::new(&mut headers);
     let used = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
-        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(_)) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::TooLarge);
+        }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(Status::Partial),
         Err(e) => return Err(HeadError::Malformed(e.to_string())),
@@ -64,7 +69,8 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
     let mut has_body = false;
     let (mut last_event_id, mut accept) = (None, None);
     for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value).map_err(|_| HeadError::Malformed(format!("header {} is not UTF-8", h.name)))?;
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HeadError::Malformed(format!("header {} is not UTF-8", h.name)))?;
         if h.name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -85,7 +91,13 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let head = ParsedHead {
-        request: Request { method, path, query, last_event_id, accept },
+        request: Request {
+            method,
+            path,
+            query,
+            last_event_id,
+            accept,
+        },
         keep_alive: keep_alive && !has_body,
         has_body,
     };
@@ -99,7 +111,11 @@ pub fn encode_head(head: &Head, keep_alive: bool, out: &mut Vec<u8>) {
     head.write_fields(out);
     // A response without a length ends with the connection, so say so.
     let keep = keep_alive && head.content_length.is_some();
-    out.extend_from_slice(if keep { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
+    out.extend_from_slice(if keep {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
 }
 
 #[cfg(test)]
@@ -129,8 +145,16 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").0.keep_alive);
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
         let (h, _) = complete(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
         assert!(h.has_body && !h.keep_alive);
     }
@@ -139,15 +163,24 @@ mod tests {
     fn every_split_point_is_partial_until_complete() {
         let raw = b"GET /c/m HTTP/1.1\r\nHost: a\r\n\r\n";
         for cut in 0..raw.len() {
-            assert!(matches!(parse(&raw[..cut]), Ok(Status::Partial)), "cut {cut}");
+            assert!(
+                matches!(parse(&raw[..cut]), Ok(Status::Partial)),
+                "cut {cut}"
+            );
         }
         assert!(matches!(parse(raw), Ok(Status::Complete(_))));
     }
 
     #[test]
     fn rejects_garbage_and_oversize() {
-        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/9.9\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/9.9\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD, b'a');
         assert_eq!(parse(&big).unwrap_err(), HeadError::TooLarge);
@@ -178,12 +211,24 @@ mod tests {
     #[test]
     fn encodes_heads() {
         let mut out = vec![];
-        encode_head(&Head::stream(crate::transport::Transport::Sse), true, &mut out);
+        encode_head(
+            &Head::stream(crate::transport::Transport::Sse),
+            true,
+            &mut out,
+        );
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
         assert!(s.ends_with("Connection: close\r\n\r\n"));
         let mut out = vec![];
-        encode_head(&Head::sized(HttpStatus::Ok, "application/json", 2), true, &mut out);
-        assert!(String::from_utf8(out).unwrap().ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n"));
+        encode_head(
+            &Head::sized(HttpStatus::Ok, "application/json", 2),
+            true,
+            &mut out,
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n")
+        );
     }
 }

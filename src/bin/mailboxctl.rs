@@ -1,0 +1,189 @@
+//! `mailboxctl`: the control protocol from a shell.
+//!
+//! Builds one request line (and payload), sends it, prints the reply line.
+//! Exit status: 0 for `OK`/`PONG`, 1 for `ERR`, 2 for usage or connection
+//! errors, so scripts can branch on delivery failures.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use mailboxd::config::DEFAULT_CONTROL;
+
+const HELP: &str = "\
+mailboxctl: talk to mailboxd's control socket.
+
+Usage: mailboxctl [-s PATH] <command> [args]
+
+Commands:
+  ping
+  send <mailbox> <data|-> [--event NAME]
+  publish <group> <data|-> [--event NAME] [--except M1,M2,...]
+  join <group> <mailbox>...
+  leave <group> <mailbox>...
+  members <group>
+  drop <mailbox>
+  info <mailbox>
+  stats
+
+  -s, --socket PATH   control socket [default: $MAILBOXD_SOCKET or /tmp/mailboxd.sock]
+  --event NAME        SSE event name for send/publish
+  --except LIST       comma-separated mailboxes that publish skips
+  -h, --help          this help
+
+Data '-' reads the payload from standard input; one trailing newline is
+removed, so `echo hi | mailboxctl send alice -` delivers \"hi\".
+Prints the server's reply. Exit status: 0 OK, 1 ERR, 2 usage or connection error.
+";
+
+struct Invocation {
+    socket: PathBuf,
+    words: Vec<String>,
+    event: Option<String>,
+    except: Option<String>,
+}
+
+fn parse_args() -> Result<Option<Invocation>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut inv = Invocation {
+        socket: std::env::var_os("MAILBOXD_SOCKET")
+            .map_or_else(|| PathBuf::from(DEFAULT_CONTROL), PathBuf::from),
+        words: Vec::new(),
+        event: None,
+        except: None,
+    };
+    let text = |v: std::ffi::OsString| {
+        v.into_string()
+            .map_err(|_| "arguments must be UTF-8".to_string())
+    };
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Short('s') | Long("socket") => {
+                inv.socket = parser.value().map_err(|e| e.to_string())?.into()
+            }
+            Long("event") => inv.event = Some(text(parser.value().map_err(|e| e.to_string())?)?),
+            Long("except") => inv.except = Some(text(parser.value().map_err(|e| e.to_string())?)?),
+            Value(v) => inv.words.push(text(v)?),
+            _ => return Err(arg.unexpected().to_string()),
+        }
+    }
+    Ok(Some(inv))
+}
+
+/// Builds the request bytes for one invocation.
+fn build_request(inv: &Invocation) -> Result<Vec<u8>, String> {
+    let Some((command, args)) = inv.words.split_first() else {
+        return Err("no command given (see --help)".into());
+    };
+    let command = command.to_ascii_lowercase();
+    let arity = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{command} takes {n} argument(s)"))
+        }
+    };
+    let simple = |verb: &str| -> Vec<u8> {
+        let mut line = verb.to_string();
+        for a in args {
+            line.push(' ');
+            line.push_str(a);
+        }
+        line.push('\n');
+        line.into_bytes()
+    };
+    match command.as_str() {
+        "ping" | "stats" => arity(0).map(|_| simple(&command.to_ascii_uppercase())),
+        "members" | "drop" | "info" => arity(1).map(|_| simple(&command.to_ascii_uppercase())),
+        "join" | "leave" => {
+            if args.len() < 2 {
+                return Err(format!("{command} takes a group and at least one mailbox"));
+            }
+            Ok(simple(&command.to_ascii_uppercase()))
+        }
+        "send" | "publish" => {
+            arity(2)?;
+            let data = if args[1] == "-" {
+                let mut buf = Vec::new();
+                io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("reading stdin: {e}"))?;
+                if buf.ends_with(b"\n") {
+                    buf.pop();
+                }
+                buf
+            } else {
+                args[1].clone().into_bytes()
+            };
+            let mut line = format!(
+                "{} {} {}",
+                command.to_ascii_uppercase(),
+                args[0],
+                data.len()
+            );
+            if let Some(event) = &inv.event {
+                line.push_str(&format!(" event={event}"));
+            }
+            if let Some(except) = &inv.except {
+                if command == "send" {
+                    return Err("--except only applies to publish".into());
+                }
+                line.push_str(&format!(" except={except}"));
+            }
+            line.push('\n');
+            let mut bytes = line.into_bytes();
+            bytes.extend_from_slice(&data);
+            bytes.push(b'\n');
+            Ok(bytes)
+        }
+        other => Err(format!("unknown command '{other}' (see --help)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let inv = match parse_args() {
+        Ok(Some(inv)) => inv,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mailboxctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = match build_request(&inv) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailboxctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reply = UnixStream::connect(&inv.socket).and_then(|mut stream| {
+        stream.write_all(&request)?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        Ok(line)
+    });
+    match reply {
+        Ok(line) if line.is_empty() => {
+            eprintln!("mailboxctl: the server closed the connection without a reply");
+            ExitCode::from(2)
+        }
+        Ok(line) => {
+            print!("{line}");
+            if line.starts_with("ERR") {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("mailboxctl: {}: {e}", inv.socket.display());
+            ExitCode::from(2)
+        }
+    }
+}
