@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs (Debian packages, only when missing) and
+# runs every test: codec unit tests, the real binary over real sockets, and
+# end-to-end runs behind real lighttpd and nginx.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+command -v lighttpd >/dev/null || need+=(lighttpd)
+command -v nginx >/dev/null || need+=(nginx)
+command -v cgi-fcgi >/dev/null || need+=(libfcgi-bin)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    # Keep the packages' init scripts from starting system-wide servers on
+    # ports 80/443: the tests start their own, on free ports.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        added_policy=1
+    fi
+    echo "installing test dependencies: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+    [ -z "$added_policy" ] || $sudo rm -f "$policy"
+fi
+
+cargo test --all-targets
