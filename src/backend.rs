@@ -159,7 +159,7 @@ impl Server {
             } => {
                 let payload = Payload::new(event, data);
                 let (id, live) = store
-                    .send(mailbox, &payload, now, |sub, msg| {
+                    .send(mailbox, &payload, now, &mut |sub, msg| {
                         conns.deliver(sub, msg, max_output)
                     })
                     .map_err(full)?;
@@ -172,9 +172,10 @@ impl Server {
                 data,
             } => {
                 let payload = Payload::new(event, data);
-                let (delivered, live) = store.publish(group, &payload, &except, now, |sub, msg| {
-                    conns.deliver(sub, msg, max_output)
-                });
+                let (delivered, live) =
+                    store.publish(group, &payload, &except, now, &mut |sub, msg| {
+                        conns.deliver(sub, msg, max_output)
+                    });
                 Ok(Reply::Ok(format!("{delivered} {live}")))
             }
             Request::Join { group, mailboxes } => store

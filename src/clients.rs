@@ -132,16 +132,26 @@ impl Server {
         let mailbox = self.store.open(&route.mailbox, now).map_err(unavailable)?;
         let sub = sub_id(key, rid);
         if route.transport == Transport::Poll {
-            let backlog = self
-                .store
-                .backlog(mailbox, route.resume)
-                .ok_or_else(|| unavailable(StoreError::NotFound))?;
-            if backlog.gap || backlog.messages.len() > 0 {
-                let body = poll_body(backlog.messages, backlog.last_id, backlog.gap);
-                self.send_answer(key, rid, body, now);
-                return Ok(());
-            }
-            let since = route.resume.unwrap_or(backlog.last_id);
+            let last_id = {
+                let backlog = self
+                    .store
+                    .backlog(mailbox, route.resume)
+                    .ok_or_else(|| unavailable(StoreError::NotFound))?;
+                if backlog.gap || backlog.messages.len() > 0 {
+                    Err(poll_body(backlog.messages, backlog.last_id, backlog.gap))
+                } else {
+                    Ok(backlog.last_id)
+                }
+            };
+            let last_id = match last_id {
+                Ok(id) => id,
+                Err(body) => {
+                    // Something to say already: answer without parking.
+                    self.send_answer(key, rid, body, now);
+                    return Ok(());
+                }
+            };
+            let since = route.resume.unwrap_or(last_id);
             self.store.subscribe(mailbox, sub).map_err(unavailable)?;
             let deadline = now + self.config.poll_timeout;
             self.park(

@@ -27,7 +27,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, ListenAddr};
 use crate::conn::{Close, Conn, Conns, ControlState, HttpPhase, HttpState, Proto, Socket, sub_id};
 use crate::outbuf::OutQueue;
-use crate::store::Store;
+use crate::store::{MailboxStore, MemoryStore};
 use crate::timer::{HEAD_SLOT, Timers};
 
 /// Token of the signal pipe.
@@ -84,7 +84,7 @@ pub struct Server {
     pub(crate) poll: Poll,
     listeners: Vec<Listener>,
     pub(crate) conns: Conns,
-    pub(crate) store: Store,
+    pub(crate) store: Box<dyn MailboxStore>,
     pub(crate) timers: Timers,
     pub(crate) config: Config,
     signals: Signals,
@@ -126,7 +126,7 @@ impl Server {
             poll,
             listeners,
             conns: Conns::default(),
-            store: Store::new(config.store_limits(), first_id),
+            store: Box::new(MemoryStore::new(config.store_limits(), first_id)),
             timers: Timers::default(),
             config,
             signals,

@@ -128,14 +128,13 @@ pub struct StoreStats {
 }
 
 /// What a (re)connecting client should be sent before live messages.
-#[derive(Debug)]
 pub struct Backlog<'a> {
     /// True when messages newer than the resume point were evicted or predate the mailbox.
     pub gap: bool,
     /// Oldest retained id, for the gap notice.
     pub oldest: Option<u64>,
     /// The retained messages newer than the resume point, oldest first.
-    pub messages: std::collections::vec_deque::Iter<'a, Message>,
+    pub messages: Box<dyn ExactSizeIterator<Item = &'a Message> + 'a>,
     /// Id of the newest message in the mailbox (or its horizon).
     pub last_id: u64,
 }
@@ -188,7 +187,7 @@ impl Mailbox {
     fn fan_out(
         &mut self,
         msg: &Message,
-        deliver: &mut impl FnMut(SubscriberId, &Message) -> Outcome,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
     ) -> usize {
         let mut live = 0;
         self.subscribers.retain(|&sub| match deliver(sub, msg) {
@@ -212,9 +211,62 @@ struct Group {
     members: Vec<usize>,
 }
 
-/// All mailboxes and groups of one server.
+/// What the server needs from a mailbox store. [`MemoryStore`] keeps
+/// everything in this process; the seam exists so that a shared store (Redis,
+/// for several sidecars) can implement the same contract.
+///
+/// Deliveries call `deliver` once per subscriber of each mailbox reached; a
+/// store must not change membership or subscriptions from inside it.
+pub trait MailboxStore {
+    /// Delivers one message to a mailbox, creating it if needed.
+    /// Returns the message id and how many subscribers it was written to.
+    fn send(
+        &mut self,
+        name: &str,
+        payload: &Rc<Payload>,
+        now: Instant,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> Result<(u64, usize), StoreError>;
+    /// Delivers one payload to every member of `group` not named in `except`,
+    /// each member getting its own id. Returns (mailboxes delivered to, live writes).
+    fn publish(
+        &mut self,
+        group: &str,
+        payload: &Rc<Payload>,
+        except: &[&str],
+        now: Instant,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
+    ) -> (usize, usize);
+    /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
+    fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError>;
+    /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
+    fn leave(&mut self, group: &str, names: &[&str]) -> usize;
+    /// The members of a group, in no particular order (empty for an unknown group).
+    fn members(&self, group: &str) -> Vec<&str>;
+    /// Removes a mailbox at once; returns the subscribers whose requests must end.
+    fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError>;
+    /// Facts about one mailbox.
+    fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo>;
+    /// Finds or creates a mailbox for a client that is opening it.
+    fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError>;
+    /// What a client resuming after `resume` (or from the start, for `None`)
+    /// must be sent; `None` when the mailbox is gone.
+    fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>>;
+    /// Registers a subscriber on an opened mailbox.
+    fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError>;
+    /// Removes a subscriber; harmless if it is no longer there.
+    fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant);
+    /// Removes every mailbox whose idle time has reached the TTL; returns how many.
+    fn expire(&mut self, now: Instant) -> usize;
+    /// The earliest instant at which [`MailboxStore::expire`] has work.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// Totals for `STATS`.
+    fn stats(&self) -> StoreStats;
+}
+
+/// All mailboxes and groups of one server, in this process's memory.
 #[derive(Debug)]
-pub struct Store {
+pub struct MemoryStore {
     limits: StoreLimits,
     mailboxes: Slab<Mailbox>,
     mailbox_index: HashMap<Rc<str>, usize>,
@@ -230,14 +282,14 @@ pub struct Store {
     expired: u64,
 }
 
-impl Store {
+impl MemoryStore {
     /// An empty store whose first message id will be `first_id`.
     ///
     /// The server seeds it from the wall clock (microseconds), so ids keep
     /// increasing across restarts and a client resuming with an id from an
     /// earlier run is told of the gap instead of silently skipping messages.
-    pub fn new(limits: StoreLimits, first_id: u64) -> Store {
-        Store {
+    pub fn new(limits: StoreLimits, first_id: u64) -> MemoryStore {
+        MemoryStore {
             limits,
             mailboxes: Slab::new(),
             mailbox_index: HashMap::new(),
@@ -259,29 +311,36 @@ impl Store {
         &self.limits
     }
 
+    /// The last message id issued.
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+}
+
+impl MailboxStore for MemoryStore {
     /// Delivers one message to a mailbox, creating it if needed.
     /// Returns the message id and how many subscribers it was written to.
-    pub fn send(
+    fn send(
         &mut self,
         name: &str,
         payload: &Rc<Payload>,
         now: Instant,
-        mut deliver: impl FnMut(SubscriberId, &Message) -> Outcome,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
     ) -> Result<(u64, usize), StoreError> {
         let key = self.get_or_create(name, now)?;
-        let (id, live) = self.deliver_to(key, payload, now, &mut deliver);
+        let (id, live) = self.deliver_to(key, payload, now, deliver);
         Ok((id, live))
     }
 
     /// Delivers one payload to every member of `group` not named in `except`,
     /// each member getting its own id. Returns (mailboxes delivered to, live writes).
-    pub fn publish(
+    fn publish(
         &mut self,
         group: &str,
         payload: &Rc<Payload>,
         except: &[&str],
         now: Instant,
-        mut deliver: impl FnMut(SubscriberId, &Message) -> Outcome,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
     ) -> (usize, usize) {
         let Some(&gkey) = self.group_index.get(group) else {
             return (0, 0);
@@ -299,14 +358,14 @@ impl Store {
                 continue;
             }
             delivered += 1;
-            live += self.deliver_to(key, payload, now, &mut deliver).1;
+            live += self.deliver_to(key, payload, now, deliver).1;
         }
         self.groups[gkey].members = members;
         (delivered, live)
     }
 
     /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
-    pub fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
+    fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
         let missing = names
             .iter()
             .filter(|n| !self.mailbox_index.contains_key(**n))
@@ -346,7 +405,7 @@ impl Store {
     }
 
     /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
-    pub fn leave(&mut self, group: &str, names: &[&str]) -> usize {
+    fn leave(&mut self, group: &str, names: &[&str]) -> usize {
         let Some(&gkey) = self.group_index.get(group) else {
             return 0;
         };
@@ -363,7 +422,7 @@ impl Store {
     }
 
     /// The members of a group, in no particular order (empty for an unknown group).
-    pub fn members(&self, group: &str) -> Vec<&str> {
+    fn members(&self, group: &str) -> Vec<&str> {
         self.group_index.get(group).map_or_else(Vec::new, |&g| {
             self.groups[g]
                 .members
@@ -374,13 +433,13 @@ impl Store {
     }
 
     /// Removes a mailbox at once; returns the subscribers whose requests must end.
-    pub fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError> {
+    fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError> {
         let key = *self.mailbox_index.get(name).ok_or(StoreError::NotFound)?;
         Ok(self.remove(key))
     }
 
     /// Facts about one mailbox.
-    pub fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
+    fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
         let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
         Some(MailboxInfo {
             subscribers: mailbox.subscribers.len(),
@@ -394,7 +453,7 @@ impl Store {
     }
 
     /// Finds or creates a mailbox for a client that is opening it.
-    pub fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
+    fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
         let key = self.get_or_create(name, now)?;
         Ok(MailboxRef {
             key,
@@ -404,7 +463,7 @@ impl Store {
 
     /// What a client resuming after `resume` (or from the start, for `None`) must be sent.
     /// `None` when the mailbox is gone.
-    pub fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>> {
+    fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>> {
         let mb = self.get(mailbox)?;
         let (gap, start) = match resume {
             None => (false, 0),
@@ -416,13 +475,13 @@ impl Store {
         Some(Backlog {
             gap,
             oldest: mb.messages.front().map(|m| m.id),
-            messages: mb.messages.range(start..),
+            messages: Box::new(mb.messages.range(start..)),
             last_id: mb.last_id(),
         })
     }
 
     /// Registers a subscriber on an opened mailbox.
-    pub fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError> {
+    fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError> {
         let max = self.limits.max_subscribers;
         let mb = self.get_mut(mailbox).ok_or(StoreError::NotFound)?;
         if mb.subscribers.len() >= max {
@@ -436,7 +495,7 @@ impl Store {
     }
 
     /// Removes a subscriber; harmless if it is no longer there.
-    pub fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
+    fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
         let Some(mb) = self.get_mut(mailbox) else {
             return;
         };
@@ -449,7 +508,7 @@ impl Store {
     }
 
     /// Removes every mailbox whose idle time has reached the TTL; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    fn expire(&mut self, now: Instant) -> usize {
         let mut count = 0;
         while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
             if at > now {
@@ -469,12 +528,12 @@ impl Store {
     }
 
     /// The earliest instant at which [`Store::expire`] has work.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<Instant> {
         self.expiry.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Totals for `STATS`.
-    pub fn stats(&self) -> StoreStats {
+    fn stats(&self) -> StoreStats {
         StoreStats {
             mailboxes: self.mailboxes.len(),
             groups: self.groups.len(),
@@ -485,12 +544,9 @@ impl Store {
             expired: self.expired,
         }
     }
+}
 
-    /// The last message id issued.
-    pub fn last_id(&self) -> u64 {
-        self.last_id
-    }
-
+impl MemoryStore {
     fn get(&self, r: MailboxRef) -> Option<&Mailbox> {
         self.mailboxes.get(r.key).filter(|m| m.uid == r.uid)
     }
@@ -529,7 +585,7 @@ impl Store {
         key: usize,
         payload: &Rc<Payload>,
         now: Instant,
-        deliver: &mut impl FnMut(SubscriberId, &Message) -> Outcome,
+        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
     ) -> (u64, usize) {
         self.last_id += 1;
         self.messages += 1;
@@ -621,19 +677,19 @@ mod tests {
         Payload::new(None, s)
     }
 
-    fn ids(b: &Backlog<'_>) -> Vec<u64> {
-        b.messages.clone().map(|m| m.id).collect()
+    fn ids(b: &mut Backlog<'_>) -> Vec<u64> {
+        b.messages.by_ref().map(|m| m.id).collect()
     }
 
     #[test]
     fn ids_increase_across_mailboxes_and_start_at_seed() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1000);
+        let mut s = MemoryStore::new(limits(), 1000);
         let (a, _) = s
-            .send("a", &payload("1"), now, |_, _| Outcome::Keep)
+            .send("a", &payload("1"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
         let (b, _) = s
-            .send("b", &payload("2"), now, |_, _| Outcome::Keep)
+            .send("b", &payload("2"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
         assert_eq!((a, b), (1000, 1001));
     }
@@ -641,23 +697,25 @@ mod tests {
     #[test]
     fn retention_evicts_and_backlog_reports_gap() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         for i in 0..5 {
-            s.send("a", &payload(&i.to_string()), now, |_, _| Outcome::Keep)
-                .unwrap();
+            s.send("a", &payload(&i.to_string()), now, &mut |_, _| {
+                Outcome::Keep
+            })
+            .unwrap();
         }
         let r = s.open("a", now).unwrap();
-        let b = s.backlog(r, None).unwrap();
-        assert_eq!(ids(&b), vec![3, 4, 5]);
+        let mut b = s.backlog(r, None).unwrap();
+        assert_eq!(ids(&mut b), vec![3, 4, 5]);
         assert!(!b.gap);
-        let b = s.backlog(r, Some(1)).unwrap();
+        let mut b = s.backlog(r, Some(1)).unwrap();
         assert!(b.gap, "ids 2 was evicted");
-        assert_eq!(ids(&b), vec![3, 4, 5]);
-        let b = s.backlog(r, Some(2)).unwrap();
+        assert_eq!(ids(&mut b), vec![3, 4, 5]);
+        let mut b = s.backlog(r, Some(2)).unwrap();
         assert!(!b.gap, "nothing after 2 was lost");
-        assert_eq!(ids(&b), vec![3, 4, 5]);
-        let b = s.backlog(r, Some(4)).unwrap();
-        assert_eq!(ids(&b), vec![5]);
+        assert_eq!(ids(&mut b), vec![3, 4, 5]);
+        let mut b = s.backlog(r, Some(4)).unwrap();
+        assert_eq!(ids(&mut b), vec![5]);
         assert_eq!(s.stats().evicted, 2);
         assert_eq!(s.stats().retained, 3);
     }
@@ -667,20 +725,20 @@ mod tests {
         let now = Instant::now();
         let mut l = limits();
         l.retain_bytes = 4;
-        let mut s = Store::new(l, 1);
-        s.send("a", &payload("abc"), now, |_, _| Outcome::Keep)
+        let mut s = MemoryStore::new(l, 1);
+        s.send("a", &payload("abc"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
-        s.send("a", &payload("defgh"), now, |_, _| Outcome::Keep)
+        s.send("a", &payload("defgh"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
         let r = s.open("a", now).unwrap();
-        assert_eq!(ids(&s.backlog(r, None).unwrap()), vec![2]);
+        assert_eq!(ids(&mut s.backlog(r, None).unwrap()), vec![2]);
     }
 
     #[test]
     fn resume_from_before_mailbox_existed_is_a_gap() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
-        s.send("other", &payload("x"), now, |_, _| Outcome::Keep)
+        let mut s = MemoryStore::new(limits(), 1);
+        s.send("other", &payload("x"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
         let r = s.open("fresh", now).unwrap();
         assert!(s.backlog(r, Some(0)).unwrap().gap);
@@ -690,7 +748,7 @@ mod tests {
     #[test]
     fn delivery_reaches_subscribers_and_counts_live() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", now).unwrap();
         s.subscribe(r, SubscriberId(1)).unwrap();
         s.subscribe(r, SubscriberId(2)).unwrap();
@@ -700,7 +758,7 @@ mod tests {
         );
         let mut seen = vec![];
         let (_, live) = s
-            .send("a", &payload("hi"), now, |sub, m| {
+            .send("a", &payload("hi"), now, &mut |sub, m| {
                 seen.push((sub.0, m.id));
                 if sub.0 == 1 {
                     Outcome::Done
@@ -719,7 +777,7 @@ mod tests {
     #[test]
     fn groups_publish_with_except_and_fresh_ids() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         assert_eq!(s.join("g", &["a", "b", "c"], now).unwrap(), 3);
         assert_eq!(s.join("g", &["a"], now).unwrap(), 3);
         let mut got = vec![];
@@ -728,7 +786,7 @@ mod tests {
             s.subscribe(r, SubscriberId(name.as_bytes()[0] as u64))
                 .unwrap();
         }
-        let (n, live) = s.publish("g", &payload("p"), &["b", "nobody"], now, |sub, m| {
+        let (n, live) = s.publish("g", &payload("p"), &["b", "nobody"], now, &mut |sub, m| {
             got.push((sub.0, m.id));
             Outcome::Keep
         });
@@ -737,7 +795,7 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_ne!(got[0].1, got[1].1, "each member gets its own id");
         assert_eq!(
-            s.publish("nope", &payload("p"), &[], now, |_, _| Outcome::Keep),
+            s.publish("nope", &payload("p"), &[], now, &mut |_, _| Outcome::Keep),
             (0, 0)
         );
     }
@@ -745,7 +803,7 @@ mod tests {
     #[test]
     fn leave_fixes_slots_and_removes_empty_group() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         s.join("g", &["a", "b", "c", "d"], now).unwrap();
         s.join("h", &["b", "d"], now).unwrap();
         assert_eq!(s.leave("g", &["a", "zzz"]), 3);
@@ -763,7 +821,7 @@ mod tests {
     fn idle_mailboxes_expire_and_leave_groups() {
         let t0 = Instant::now();
         let ttl = limits().mailbox_ttl;
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         s.join("g", &["a", "b"], t0).unwrap();
         let rb = s.open("b", t0).unwrap();
         s.subscribe(rb, SubscriberId(9)).unwrap();
@@ -788,7 +846,7 @@ mod tests {
     #[test]
     fn resubscribing_cancels_expiry() {
         let t0 = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", t0).unwrap();
         s.subscribe(r, SubscriberId(1)).unwrap();
         assert_eq!(s.expire(t0 + Duration::from_secs(100)), 0);
@@ -798,7 +856,7 @@ mod tests {
     #[test]
     fn dropped_mailbox_refs_go_stale() {
         let now = Instant::now();
-        let mut s = Store::new(limits(), 1);
+        let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", now).unwrap();
         s.subscribe(r, SubscriberId(1)).unwrap();
         assert_eq!(s.drop_mailbox("a").unwrap(), vec![SubscriberId(1)]);
@@ -815,18 +873,18 @@ mod tests {
         let now = Instant::now();
         let mut l = limits();
         l.max_mailboxes = 2;
-        let mut s = Store::new(l, 1);
+        let mut s = MemoryStore::new(l, 1);
         assert_eq!(
             s.join("g", &["a", "b", "c"], now),
             Err(StoreError::TooManyMailboxes)
         );
         assert_eq!(s.stats().mailboxes, 0);
-        s.send("a", &payload("x"), now, |_, _| Outcome::Keep)
+        s.send("a", &payload("x"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
-        s.send("b", &payload("x"), now, |_, _| Outcome::Keep)
+        s.send("b", &payload("x"), now, &mut |_, _| Outcome::Keep)
             .unwrap();
         assert_eq!(
-            s.send("c", &payload("x"), now, |_, _| Outcome::Keep),
+            s.send("c", &payload("x"), now, &mut |_, _| Outcome::Keep),
             Err(StoreError::TooManyMailboxes)
         );
     }
