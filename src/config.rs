@@ -55,6 +55,10 @@ pub const DEFAULT_CONTROL: &str = "/tmp/mailboxd.sock";
 pub struct Config {
     /// HTTP listeners.
     pub http: Vec<ListenAddr>,
+    /// FastCGI listeners.
+    pub fastcgi: Vec<ListenAddr>,
+    /// SCGI listeners.
+    pub scgi: Vec<ListenAddr>,
     /// Control socket path.
     pub control: PathBuf,
     /// Messages retained per mailbox.
@@ -83,12 +87,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// SSE `retry:` hint sent to browsers, in milliseconds.
     pub retry_ms: u64,
+    /// Permissions given to every Unix socket mailboxd creates (`None`: umask).
+    pub socket_mode: Option<u32>,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             http: vec![ListenAddr::parse(DEFAULT_HTTP).expect("valid default")],
+            fastcgi: Vec::new(),
+            scgi: Vec::new(),
             control: PathBuf::from(DEFAULT_CONTROL),
             retain: 100,
             retain_bytes: 1 << 20,
@@ -103,6 +111,7 @@ impl Default for Config {
             max_groups: 100_000,
             request_timeout: Duration::from_secs(10),
             retry_ms: 2000,
+            socket_mode: None,
         }
     }
 }
@@ -151,8 +160,10 @@ impl Config {
         if self.max_subscribers > 0xffff {
             return Err("max-subscribers must be at most 65535".into());
         }
-        if self.http.is_empty() {
-            return Err("at least one listener is needed".into());
+        if self.http.is_empty() && self.fastcgi.is_empty() && self.scgi.is_empty() {
+            return Err(
+                "at least one client listener (--http, --fastcgi or --scgi) is needed".into(),
+            );
         }
         Ok(())
     }
@@ -163,6 +174,8 @@ impl Config {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Settings {
     http: Option<Vec<String>>,
+    fastcgi: Option<Vec<String>>,
+    scgi: Option<Vec<String>>,
     control: Option<PathBuf>,
     retain: Option<usize>,
     retain_bytes: Option<usize>,
@@ -177,15 +190,32 @@ struct Settings {
     max_groups: Option<usize>,
     request_timeout: Option<f64>,
     retry_ms: Option<u64>,
+    socket_mode: Option<String>,
 }
 
 impl Settings {
     fn apply(self, config: &mut Config) -> Result<(), String> {
-        if let Some(list) = self.http {
-            config.http = list
+        let parse = |list: Option<Vec<String>>| {
+            list.unwrap_or_default()
                 .iter()
                 .map(|s| ListenAddr::parse(s))
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+        };
+        // The default HTTP listener stands in only when no client listener is configured.
+        if self.http.is_some() || self.fastcgi.is_some() || self.scgi.is_some() {
+            config.http = parse(self.http)?;
+            config.fastcgi = parse(self.fastcgi)?;
+            config.scgi = parse(self.scgi)?;
+        }
+        if let Some(mode) = &self.socket_mode {
+            config.socket_mode = Some(
+                u32::from_str_radix(mode, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        format!("socket-mode '{mode}' is not an octal mode like 0660")
+                    })?,
+            );
         }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
@@ -245,8 +275,12 @@ Usage: mailboxd [OPTIONS]
 
 Listeners:
   --http ADDR              HTTP listener, HOST:PORT or unix:PATH; repeatable
-                           [default: 127.0.0.1:8420]
+                           [default: 127.0.0.1:8420, when no listener is given]
+  --fastcgi ADDR           FastCGI listener (for fastcgi_pass / mod_fastcgi); repeatable
+  --scgi ADDR              SCGI listener (for scgi_pass / mod_scgi); repeatable
   --control PATH           control socket [default: /tmp/mailboxd.sock]
+  --socket-mode MODE       permissions of the Unix sockets created, e.g. 0660 so that
+                           the web server's group can connect [default: from umask]
   --config FILE            read settings from a TOML file (keys = flag names);
                            flags given on the command line win
 
@@ -280,7 +314,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
     let mut parser = lexopt::Parser::from_args(args);
     let mut cli = Settings::default();
     let mut config_file = None;
-    let mut http = Vec::new();
+    let (mut http, mut fastcgi, mut scgi) = (Vec::new(), Vec::new(), Vec::new());
     let err = |e: lexopt::Error| e.to_string();
     while let Some(arg) = parser.next().map_err(err)? {
         let Long(name) = arg else {
@@ -308,6 +342,8 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
         };
         match name.as_str() {
             "http" => http.push(value),
+            "fastcgi" => fastcgi.push(value),
+            "scgi" => scgi.push(value),
             "control" => cli.control = Some(PathBuf::from(value)),
             "config" => config_file = Some(PathBuf::from(value)),
             "retain" => cli.retain = Some(int(&value)?),
@@ -318,6 +354,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             "max-message" => cli.max_message = Some(int(&value)?),
             "max-output" => cli.max_output = Some(int(&value)?),
             "max-connections" => cli.max_connections = Some(int(&value)?),
+            "socket-mode" => cli.socket_mode = Some(value),
             "retry-ms" => cli.retry_ms = Some(int(&value)? as u64),
             "mailbox-ttl" => cli.mailbox_ttl = Some(secs(&value)?),
             "heartbeat" => cli.heartbeat = Some(secs(&value)?),
@@ -326,8 +363,14 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             _ => return Err(format!("unknown option --{name} (see --help)")),
         }
     }
-    if !http.is_empty() {
-        cli.http = Some(http);
+    for (list, slot) in [
+        (http, &mut cli.http),
+        (fastcgi, &mut cli.fastcgi),
+        (scgi, &mut cli.scgi),
+    ] {
+        if !list.is_empty() {
+            *slot = Some(list);
+        }
     }
     let mut config = Config::default();
     if let Some(path) = config_file {
@@ -362,6 +405,16 @@ mod tests {
         let c = run(&[]).unwrap();
         assert_eq!(c.http, vec![ListenAddr::parse("127.0.0.1:8420").unwrap()]);
         assert_eq!(c.heartbeat, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn gateway_listeners_replace_the_default() {
+        let c = run(&["--fastcgi", "127.0.0.1:9000", "--scgi", "unix:/tmp/s"]).unwrap();
+        assert!(c.http.is_empty());
+        assert_eq!(c.fastcgi.len(), 1);
+        assert_eq!(c.scgi, vec![ListenAddr::Unix("/tmp/s".into())]);
+        let c = run(&["--fastcgi", "127.0.0.1:9000", "--http", "127.0.0.1:1"]).unwrap();
+        assert_eq!(c.http.len(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::gateway::http;
+use crate::gateway::{cgi, fcgi, http};
 use crate::message::Message;
 use crate::outbuf::{Chunk, OutQueue};
 use crate::request::Head;
@@ -205,6 +205,67 @@ pub struct HttpState {
     pub keep_alive: bool,
 }
 
+/// Where an SCGI connection is in its life (one request per connection).
+#[derive(Debug)]
+pub enum ScgiPhase {
+    /// Reading the header netstring, under a deadline.
+    Head {
+        /// When the head must be complete.
+        deadline: Instant,
+    },
+    /// Parked on a mailbox.
+    Active(Exchange),
+    /// The response is complete; waiting for output to drain.
+    Done,
+}
+
+/// The state of an SCGI connection.
+#[derive(Debug)]
+pub struct ScgiState {
+    /// Header bytes not yet parsed (released once parked).
+    pub inbuf: Vec<u8>,
+    /// The phase.
+    pub phase: ScgiPhase,
+}
+
+/// Where one FastCGI request is in its life.
+#[derive(Debug)]
+pub enum FcgiPhase {
+    /// Collecting `PARAMS` until the empty record that ends them.
+    Params(Vec<u8>),
+    /// Parked on a mailbox.
+    Active(Exchange),
+}
+
+/// One FastCGI request on a connection.
+#[derive(Debug)]
+pub struct FcgiRequest {
+    /// The request id the web server chose.
+    pub id: u16,
+    /// `FCGI_KEEP_CONN`: keep the connection after this request.
+    pub keep_conn: bool,
+    /// The phase.
+    pub phase: FcgiPhase,
+}
+
+/// The state of a FastCGI connection: any number of concurrent requests.
+#[derive(Debug)]
+pub struct FcgiState {
+    /// Record bytes not yet parsed.
+    pub inbuf: Vec<u8>,
+    /// Requests begun and not yet ended.
+    pub requests: Vec<FcgiRequest>,
+    /// Until the first request begins, the connection must start one by then.
+    pub idle_deadline: Option<Instant>,
+}
+
+impl FcgiState {
+    /// The request with id `rid`.
+    pub fn request_mut(&mut self, rid: u16) -> Option<&mut FcgiRequest> {
+        self.requests.iter_mut().find(|r| r.id == rid)
+    }
+}
+
 /// The kinds of connection.
 #[derive(Debug)]
 pub enum Proto {
@@ -212,6 +273,10 @@ pub enum Proto {
     Control(ControlState),
     /// A client (or web server) speaking HTTP.
     Http(HttpState),
+    /// A web server speaking FastCGI.
+    Fcgi(FcgiState),
+    /// A web server speaking SCGI.
+    Scgi(ScgiState),
 }
 
 impl Proto {
@@ -220,6 +285,8 @@ impl Proto {
         match self {
             Proto::Control(_) => "control",
             Proto::Http(_) => "http",
+            Proto::Fcgi(_) => "fastcgi",
+            Proto::Scgi(_) => "scgi",
         }
     }
 }
@@ -249,7 +316,32 @@ impl Conn {
                 phase: HttpPhase::Active(ex),
                 ..
             }) if rid == 0 => Some(ex),
+            Proto::Scgi(ScgiState {
+                phase: ScgiPhase::Active(ex),
+                ..
+            }) if rid == 0 => Some(ex),
+            Proto::Fcgi(f) => match f.request_mut(rid) {
+                Some(FcgiRequest {
+                    phase: FcgiPhase::Active(ex),
+                    ..
+                }) => Some(ex),
+                _ => None,
+            },
             _ => None,
+        }
+    }
+
+    /// Makes `exchange` the active exchange of request `rid`.
+    pub fn set_exchange(&mut self, rid: u16, exchange: Exchange) {
+        match &mut self.proto {
+            Proto::Http(h) => h.phase = HttpPhase::Active(exchange),
+            Proto::Scgi(s) => s.phase = ScgiPhase::Active(exchange),
+            Proto::Fcgi(f) => {
+                if let Some(r) = f.request_mut(rid) {
+                    r.phase = FcgiPhase::Active(exchange);
+                }
+            }
+            Proto::Control(_) => debug_assert!(false, "control connections have no exchanges"),
         }
     }
 
@@ -260,44 +352,99 @@ impl Conn {
                 phase: HttpPhase::Active(ex),
                 ..
             }) => vec![(0, ex)],
+            Proto::Scgi(ScgiState {
+                phase: ScgiPhase::Active(ex),
+                ..
+            }) => vec![(0, ex)],
+            Proto::Fcgi(f) => f
+                .requests
+                .iter()
+                .filter_map(|r| match &r.phase {
+                    FcgiPhase::Active(ex) => Some((r.id, ex)),
+                    FcgiPhase::Params(_) => None,
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }
 
     /// Queues a response head for request `rid` in the gateway's syntax.
-    pub fn push_head(&mut self, _rid: u16, head: &Head) {
-        let mut bytes = Vec::with_capacity(160 + head.content_length.unwrap_or(0));
+    pub fn push_head(&mut self, rid: u16, head: &Head) {
+        let mut bytes = Vec::with_capacity(192);
         match &self.proto {
             Proto::Http(h) => http::encode_head(head, h.keep_alive, &mut bytes),
+            Proto::Scgi(_) => cgi::encode_head(head, &mut bytes),
+            Proto::Fcgi(_) => {
+                let mut cgi_head = Vec::with_capacity(160);
+                cgi::encode_head(head, &mut cgi_head);
+                fcgi::encode_stdout(&mut bytes, rid, &cgi_head);
+            }
             Proto::Control(_) => debug_assert!(false, "control connections have no responses"),
         }
         self.out.push(Chunk::Owned(bytes));
     }
 
-    /// Queues body chunks for request `rid`, draining `chunks`.
-    pub fn push_body(&mut self, _rid: u16, chunks: &mut Vec<Chunk>) {
+    /// Queues body chunks for request `rid`, draining `chunks`. FastCGI wraps
+    /// them in one `STDOUT` record when they fit (the usual case: the shared
+    /// message bytes are not copied), else copies them into several.
+    pub fn push_body(&mut self, rid: u16, chunks: &mut Vec<Chunk>) {
+        if let Proto::Fcgi(_) = self.proto {
+            let total: usize = chunks.iter().map(Chunk::len).sum();
+            if total == 0 {
+                chunks.clear();
+                return;
+            }
+            if total <= fcgi::MAX_CONTENT {
+                self.out
+                    .push(Chunk::copy(&fcgi::header(fcgi::STDOUT, rid, total, 0)));
+            } else {
+                let joined: Vec<u8> = chunks.drain(..).flat_map(|c| c.bytes().to_vec()).collect();
+                let mut records = Vec::with_capacity(joined.len() + 64);
+                fcgi::encode_stdout(&mut records, rid, &joined);
+                self.out.push(Chunk::Owned(records));
+                return;
+            }
+        }
         for chunk in chunks.drain(..) {
             self.out.push(chunk);
         }
     }
 
-    /// Ends request `rid`'s response: back to reading heads after a sized
-    /// answer on a keep-alive connection, else close once output is written.
-    pub fn finish(&mut self, _rid: u16, sized: bool, next_deadline: Instant) {
-        let Proto::Http(h) = &mut self.proto else {
-            return;
+    /// Ends request `rid`'s response: HTTP goes back to reading heads after a
+    /// sized answer on a keep-alive connection; FastCGI writes `END_REQUEST`
+    /// and keeps the connection if the web server asked for it; everything
+    /// else closes once its output is written.
+    pub fn finish(&mut self, rid: u16, sized: bool, next_deadline: Instant) {
+        let keep = match &mut self.proto {
+            Proto::Http(h) if sized && h.keep_alive => {
+                h.phase = HttpPhase::Head {
+                    deadline: next_deadline,
+                };
+                true
+            }
+            Proto::Http(h) => {
+                if let HttpPhase::Active(ex) = &mut h.phase {
+                    ex.subscribed = false;
+                }
+                false
+            }
+            Proto::Scgi(s) => {
+                s.phase = ScgiPhase::Done;
+                false
+            }
+            Proto::Fcgi(f) => {
+                let keep_conn = match f.requests.iter().position(|r| r.id == rid) {
+                    Some(i) => f.requests.swap_remove(i).keep_conn,
+                    None => false,
+                };
+                self.out
+                    .push(Chunk::copy(&fcgi::end_request(rid, fcgi::REQUEST_COMPLETE)));
+                keep_conn
+            }
+            Proto::Control(_) => false,
         };
-        if sized && h.keep_alive {
-            h.phase = HttpPhase::Head {
-                deadline: next_deadline,
-            };
-        } else {
-            if self.close == Close::No {
-                self.close = Close::AfterFlush;
-            }
-            if let HttpPhase::Active(ex) = &mut h.phase {
-                ex.subscribed = false;
-            }
+        if !keep && self.close == Close::No {
+            self.close = Close::AfterFlush;
         }
     }
 }

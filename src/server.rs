@@ -15,7 +15,7 @@
 //! an event for a key no longer in the slab is ignored.
 
 use std::io::{self, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +25,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, ListenAddr};
-use crate::conn::{Close, Conn, Conns, ControlState, HttpPhase, HttpState, Proto, Socket, sub_id};
+use crate::conn::{
+    Close, Conn, Conns, ControlState, FcgiState, HttpPhase, HttpState, Proto, ScgiPhase, ScgiState,
+    Socket, sub_id,
+};
 use crate::outbuf::OutQueue;
 use crate::store::{MailboxStore, MemoryStore};
 use crate::timer::{HEAD_SLOT, Timers};
@@ -48,6 +51,10 @@ pub enum Role {
     Control,
     /// Clients over HTTP.
     Http,
+    /// A web server over FastCGI.
+    Fcgi,
+    /// A web server over SCGI.
+    Scgi,
 }
 
 impl Role {
@@ -55,6 +62,8 @@ impl Role {
         match self {
             Role::Control => "control",
             Role::Http => "http",
+            Role::Fcgi => "fastcgi",
+            Role::Scgi => "scgi",
         }
     }
 }
@@ -106,9 +115,11 @@ impl Server {
         let mut listeners = Vec::new();
         let control = ListenAddr::Unix(config.control.clone());
         let wanted = std::iter::once((Role::Control, &control))
-            .chain(config.http.iter().map(|a| (Role::Http, a)));
+            .chain(config.http.iter().map(|a| (Role::Http, a)))
+            .chain(config.fastcgi.iter().map(|a| (Role::Fcgi, a)))
+            .chain(config.scgi.iter().map(|a| (Role::Scgi, a)));
         for (i, (role, addr)) in wanted.enumerate() {
-            let mut socket = bind(addr)
+            let mut socket = bind(addr, config.socket_mode)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", role.name()))?;
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
@@ -199,7 +210,7 @@ impl Server {
                     if control {
                         self.control_readable(key, now);
                     } else {
-                        self.http_readable(key, now);
+                        self.client_readable(key, now);
                     }
                 }
             }
@@ -233,12 +244,13 @@ impl Server {
             };
             let full = match role {
                 Role::Control => self.conns.control >= MAX_CONTROL_CONNS,
-                Role::Http => self.clients >= self.config.max_connections,
+                Role::Http | Role::Fcgi | Role::Scgi => self.clients >= self.config.max_connections,
             };
             if full {
                 self.conns.counters.refused += 1;
                 log::warn!("{} connection refused: limit reached", role.name());
                 if role == Role::Http {
+                    // Best effort: a web-server gateway just sees the connection close.
                     let _ = socket.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\nmax-connections reached; retry.\r\n");
                 }
                 continue;
@@ -258,15 +270,26 @@ impl Server {
                     self.conns.control += 1;
                     Proto::Control(ControlState::default())
                 }
-                Role::Http => {
+                Role::Http | Role::Fcgi | Role::Scgi => {
                     self.clients += 1;
                     let deadline = now + self.config.request_timeout;
                     self.timers.insert(deadline, key, HEAD_SLOT);
-                    Proto::Http(HttpState {
-                        inbuf: Vec::new(),
-                        phase: HttpPhase::Head { deadline },
-                        keep_alive: false,
-                    })
+                    match role {
+                        Role::Fcgi => Proto::Fcgi(FcgiState {
+                            inbuf: Vec::new(),
+                            requests: Vec::new(),
+                            idle_deadline: Some(deadline),
+                        }),
+                        Role::Scgi => Proto::Scgi(ScgiState {
+                            inbuf: Vec::new(),
+                            phase: ScgiPhase::Head { deadline },
+                        }),
+                        _ => Proto::Http(HttpState {
+                            inbuf: Vec::new(),
+                            phase: HttpPhase::Head { deadline },
+                            keep_alive: false,
+                        }),
+                    }
                 }
             };
             entry.insert(Conn {
@@ -300,7 +323,18 @@ impl Server {
         let Some(conn) = self.conns.slab.get(key) else {
             return;
         };
-        let waiting_head = matches!(&conn.proto, Proto::Http(HttpState { phase: HttpPhase::Head { deadline }, .. }) if *deadline == at);
+        let waiting_head = match &conn.proto {
+            Proto::Http(HttpState {
+                phase: HttpPhase::Head { deadline },
+                ..
+            }) => *deadline == at,
+            Proto::Scgi(ScgiState {
+                phase: ScgiPhase::Head { deadline },
+                ..
+            }) => *deadline == at,
+            Proto::Fcgi(f) => f.idle_deadline == Some(at),
+            _ => false,
+        };
         if waiting_head || conn.close == Close::AfterFlush {
             log::debug!("conn={key} {} timed out", conn.proto.name());
             self.conns.close(key, Close::Now);
@@ -418,12 +452,16 @@ impl Server {
 
 /// Binds a listener; a leftover Unix socket file from a crashed run is
 /// replaced, but one that a live process still answers on is an error.
-fn bind(addr: &ListenAddr) -> io::Result<ListenSocket> {
+fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<ListenSocket> {
     match addr {
         ListenAddr::Tcp(a) => TcpListener::bind(*a).map(ListenSocket::Tcp),
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
-            UnixListener::bind(path).map(|l| ListenSocket::Unix(l, path.clone()))
+            let listener = ListenSocket::Unix(UnixListener::bind(path)?, path.clone());
+            if let Some(mode) = mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
+            Ok(listener)
         }
     }
 }

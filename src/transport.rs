@@ -32,11 +32,15 @@ impl Transport {
         }
     }
 
-    /// The bytes that open a streaming response.
+    /// The bytes that open a streaming response. Besides the SSE `retry:`
+    /// hint, they make every proxy flush the response head at once (nginx's
+    /// FastCGI module holds a head until body bytes follow), so the stream
+    /// transport opens with a heartbeat.
     pub fn preamble(self, retry_ms: u64) -> Option<Chunk> {
         match self {
             Transport::Sse => Some(Chunk::copy(format!("retry: {retry_ms}\n\n").as_bytes())),
-            Transport::Poll | Transport::Stream => None,
+            Transport::Stream => self.heartbeat(),
+            Transport::Poll => None,
         }
     }
 

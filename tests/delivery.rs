@@ -158,10 +158,15 @@ fn stream_transport_writes_payload_lines() {
         s.header("Content-Type").as_deref(),
         Some("text/plain; charset=utf-8")
     );
+    assert_eq!(
+        s.line().as_deref(),
+        Some(""),
+        "the stream opens with a heartbeat"
+    );
     assert_eq!(s.line().as_deref(), Some("first"));
     srv.wait_info("dave", |r| r.contains("subscribers=1"));
     ctl.send("dave", "second");
-    assert_eq!(s.line().as_deref(), Some("second"));
+    assert_eq!(s.data_line().as_deref(), Some("second"));
 }
 
 #[test]

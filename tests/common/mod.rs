@@ -73,7 +73,11 @@ impl Mailboxd {
         let control = dir.path().join("control.sock");
         let mut cmd = Command::new(bin("mailboxd"));
         cmd.arg("--control").arg(&control).args(args);
-        Self::spawn(cmd, dir, control, 2)
+        let listeners = args
+            .iter()
+            .filter(|a| ["--http", "--fastcgi", "--scgi"].contains(a))
+            .count();
+        Self::spawn(cmd, dir, control, 1 + listeners.max(1))
     }
 
     /// Spawns a prepared command and waits until `listeners` listening lines appeared.
@@ -128,6 +132,15 @@ impl Mailboxd {
             listening,
             log,
         }
+    }
+
+    /// The address of the first listener of `role` (`http`, `fastcgi`, `scgi`).
+    pub fn addr(&self, role: &str) -> String {
+        self.listening
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, a)| a.clone())
+            .expect("listener")
     }
 
     pub fn ctl(&self) -> Ctl {
@@ -278,11 +291,55 @@ pub struct Event {
     pub retry: bool,
 }
 
-/// A streaming HTTP response read over a raw socket.
+/// A streaming HTTP response read over a raw socket (chunked bodies, as web
+/// servers send them to HTTP/1.1 clients, are decoded).
 pub struct HttpStream {
     pub status: u16,
     pub head: String,
-    reader: BufReader<Box<dyn ReadTimeout>>,
+    reader: Box<dyn BufRead + Send>,
+}
+
+/// Decodes `Transfer-Encoding: chunked`.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                return Ok(0);
+            }
+            let size = line.trim().split(';').next().unwrap_or("");
+            self.left = usize::from_str_radix(size, 16).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad chunk size {line:?}"),
+                )
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let want = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.left -= n;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            self.inner.read_line(&mut crlf)?;
+        }
+        Ok(n)
+    }
 }
 
 pub trait ReadTimeout: Read + Send {
@@ -331,6 +388,19 @@ impl HttpStream {
             }
         }
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let chunked = head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:") && l.contains("chunked")
+        });
+        let reader: Box<dyn BufRead + Send> = if chunked {
+            Box::new(BufReader::new(Chunked {
+                inner: reader,
+                left: 0,
+                done: false,
+            }))
+        } else {
+            Box::new(reader)
+        };
         HttpStream {
             status,
             head,
@@ -345,10 +415,6 @@ impl HttpStream {
         })
     }
 
-    pub fn set_timeout(&mut self, d: Duration) {
-        self.reader.get_ref().set_timeout(d);
-    }
-
     /// Next raw line without its `\n`; `None` on EOF.
     pub fn line(&mut self) -> Option<String> {
         let mut line = String::new();
@@ -356,6 +422,16 @@ impl HttpStream {
             Ok(0) => None,
             Ok(_) => Some(line.trim_end_matches('\n').to_string()),
             Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Next non-empty line of the stream transport (empty lines are heartbeats).
+    pub fn data_line(&mut self) -> Option<String> {
+        loop {
+            let line = self.line()?;
+            if !line.is_empty() {
+                return Some(line);
+            }
         }
     }
 
@@ -445,4 +521,181 @@ pub fn poll_ids(body: &str) -> Vec<u64> {
 pub fn poll_last_id(body: &str) -> u64 {
     let rest = &body[body.find("\"last_id\":").unwrap() + 10..];
     rest[..rest.find(',').unwrap()].parse().unwrap()
+}
+
+/// A free TCP port on loopback, for servers that cannot report one they chose.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A web server (nginx or lighttpd) started from a shipped contrib config.
+pub struct WebServer {
+    pub child: Child,
+    pub port: u16,
+    pub dir: TempDir,
+    pub name: String,
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `contrib/<path>` and applies literal replacements, insisting that
+/// each literal is present, so the shipped configs and the tests cannot drift.
+pub fn contrib_config(path: &str, replacements: &[(&str, String)]) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(path);
+    let mut text =
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()));
+    for (from, to) in replacements {
+        assert!(text.contains(from), "{path} no longer contains {from:?}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+fn require(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed: run tests/run-all.sh, which installs the test dependencies");
+}
+
+fn wait_listening(port: u16, child: &mut Child, log: &Path) {
+    wait_for(Duration::from_secs(10), || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "web server exited ({status}); log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+}
+
+impl WebServer {
+    /// nginx from `contrib/nginx/<gateway>.conf`, its upstream replaced by `upstream`
+    /// (`127.0.0.1:PORT` or `unix:PATH`).
+    pub fn nginx(gateway: &str, upstream: &str) -> WebServer {
+        let nginx = require("nginx");
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        let default_upstream = match gateway {
+            "fastcgi" => "server 127.0.0.1:8421;",
+            "scgi" => "server 127.0.0.1:8422;",
+            _ => "server 127.0.0.1:8420;",
+        };
+        let d = dir.path().display();
+        let conf = contrib_config(
+            &format!("nginx/{gateway}.conf"),
+            &[
+                ("listen 8080;", format!("listen 127.0.0.1:{port};")),
+                (default_upstream, format!("server {upstream};")),
+                (
+                    "pid /run/nginx-mailboxd.pid;",
+                    format!("pid {d}/nginx.pid;"),
+                ),
+                (
+                    "/var/log/nginx/mailboxd-error.log",
+                    format!("{d}/error.log"),
+                ),
+            ],
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = dir.path().join("error.log");
+        let mut child = Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(&log)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_listening(port, &mut child, &log);
+        WebServer {
+            child,
+            port,
+            dir,
+            name: format!("nginx {gateway}"),
+        }
+    }
+
+    /// lighttpd from `contrib/lighttpd/<file>.conf`, pointed at `upstream`:
+    /// a TCP port, or the socket path for the `-unix` config.
+    pub fn lighttpd(file: &str, upstream: &str) -> WebServer {
+        let lighttpd = require("lighttpd");
+        let dir = TempDir::new("lighttpd");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("www")).unwrap();
+        let mut replacements = vec![
+            (
+                "server.port = 8080",
+                format!("server.bind = \"127.0.0.1\"\nserver.port = {port}"),
+            ),
+            ("/run/lighttpd-mailboxd.pid", format!("{d}/lighttpd.pid")),
+            (
+                "/var/log/lighttpd/mailboxd-error.log",
+                format!("{d}/error.log"),
+            ),
+            ("/var/www/html", format!("{d}/www")),
+        ];
+        let upstream_literal = match file {
+            "fastcgi" => "\"port\" => 8421",
+            "scgi" => "\"port\" => 8422",
+            "http" => "\"port\" => 8420",
+            _ => "\"/run/mailboxd/fastcgi.sock\"",
+        };
+        let upstream_value = if file.ends_with("-unix") {
+            format!("\"{upstream}\"")
+        } else {
+            format!("\"port\" => {upstream}")
+        };
+        replacements.push((upstream_literal, upstream_value));
+        let conf = contrib_config(&format!("lighttpd/{file}.conf"), &replacements);
+        let conf_path = dir.path().join("lighttpd.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = dir.path().join("error.log");
+        let mut child = Command::new(lighttpd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lighttpd");
+        wait_listening(port, &mut child, &log);
+        WebServer {
+            child,
+            port,
+            dir,
+            name: format!("lighttpd {file}"),
+        }
+    }
 }

@@ -7,99 +7,48 @@
 //! also gets a heartbeat every interval, and a long-poll is answered at the
 //! end of the turn that woke it, or empty when its hold runs out. Nothing
 //! here knows a wire format beyond asking the connection to frame a head or a
-//! body, which is what lets every gateway share it.
+//! body, which is what lets every gateway share it. Each gateway's reading
+//! and request parsing lives in its own submodule.
+
+mod fcgi;
+mod http;
+mod scgi;
 
 use std::time::Instant;
 
-use crate::codec::Status;
-use crate::conn::{
-    Close, Conn, Exchange, HttpPhase, Proto, ReadEnd, discard_input, read_into, sub_id,
-};
-use crate::gateway::http;
+use crate::conn::{Close, Exchange, Proto, ReadEnd, sub_id};
 use crate::outbuf::Chunk;
-use crate::request::{Head, Rejection, Route, Status as HttpStatus, route};
+use crate::request::{Head, Rejection, Route, Status as HttpStatus};
 use crate::server::Server;
 use crate::store::StoreError;
 use crate::timer::HEAD_SLOT;
 use crate::transport::{Transport, poll_body};
 
 impl Server {
-    /// Reads what an HTTP client sent, then acts on complete request heads.
-    pub(crate) fn http_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
-            return;
-        };
-        let Proto::Http(h) = &mut conn.proto else {
-            return;
-        };
-        let result = match &h.phase {
-            HttpPhase::Head { .. } => read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD),
-            // A keep-alive long-poll client may pipeline its next request.
-            HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
-                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD)
-            }
-            HttpPhase::Active(_) => discard_input(&mut conn.socket),
-        };
-        match result {
-            Ok(ReadEnd::Blocked | ReadEnd::Full) => self.http_process(key, now),
-            Ok(ReadEnd::Eof) => {
-                log::debug!("conn={key} http client went away");
-                self.conns.close(key, Close::Now);
-            }
-            Err(e) => {
-                log::debug!("conn={key} http read failed: {e}");
-                self.conns.close(key, Close::Now);
-            }
+    /// Reads what a client connection sent and acts on it, by gateway.
+    pub(crate) fn client_readable(&mut self, key: usize, now: Instant) {
+        match self.conns.slab.get(key).map(|c| &c.proto) {
+            Some(Proto::Http(_)) => self.http_readable(key, now),
+            Some(Proto::Fcgi(_)) => self.fcgi_readable(key, now),
+            Some(Proto::Scgi(_)) => self.scgi_readable(key, now),
+            Some(Proto::Control(_)) | None => {}
         }
     }
 
-    /// Handles every complete request head buffered on a connection in the head phase.
-    fn http_process(&mut self, key: usize, now: Instant) {
-        loop {
-            let Some(conn) = self.conns.slab.get_mut(key) else {
-                return;
-            };
-            let Proto::Http(h) = &mut conn.proto else {
-                return;
-            };
-            if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head { .. }) {
-                return;
-            }
-            let (routed, used, keep_alive) = match http::parse(&h.inbuf) {
-                Ok(Status::Partial) => return,
-                Ok(Status::Complete((head, used))) => (route(&head.request), used, head.keep_alive),
-                Err(e) => {
-                    log::debug!("conn={key} http {e}");
-                    h.keep_alive = false;
-                    self.reject(
-                        key,
-                        Rejection::new(HttpStatus::BadRequest, e.to_string()),
-                        now,
-                    );
-                    return;
-                }
-            };
-            h.inbuf.drain(..used);
-            if h.inbuf.is_empty() {
-                h.inbuf = Vec::new();
-            }
-            h.keep_alive = keep_alive;
-            let started = match routed {
-                Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
-                Ok(_) => Err(Rejection::new(
-                    HttpStatus::ServiceUnavailable,
-                    "shutting down",
-                )),
-                Err(rejection) => Err(rejection),
-            };
-            if let Err(rejection) = started {
-                self.reject(key, rejection, now);
-            }
+    /// Closes a connection whose peer left or whose read failed.
+    pub(crate) fn read_ended(&mut self, key: usize, result: std::io::Result<ReadEnd>) -> bool {
+        let proto = self.conns.slab.get(key).map_or("?", |c| c.proto.name());
+        match result {
+            Ok(ReadEnd::Blocked | ReadEnd::Full) => return false,
+            Ok(ReadEnd::Eof) => log::debug!("conn={key} {proto} peer went away"),
+            Err(e) => log::debug!("conn={key} {proto} read failed: {e}"),
         }
+        self.conns.close(key, Close::Now);
+        true
     }
 
     /// Answers a refused request with a short text body and closes after it.
-    pub(crate) fn reject(&mut self, key: usize, rejection: Rejection, now: Instant) {
+    pub(crate) fn reject(&mut self, key: usize, rid: u16, rejection: Rejection, now: Instant) {
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
@@ -114,11 +63,11 @@ impl Server {
         }
         let body = format!("{}\n", rejection.message).into_bytes();
         conn.push_head(
-            0,
+            rid,
             &Head::sized(rejection.status, "text/plain; charset=utf-8", body.len()),
         );
-        conn.out.push(Chunk::Owned(body));
-        self.finish(key, 0, true, now);
+        conn.push_body(rid, &mut vec![Chunk::Owned(body)]);
+        self.finish(key, rid, true, now);
     }
 
     /// Opens the mailbox and either answers at once or parks the request.
@@ -208,12 +157,8 @@ impl Server {
 
     fn park(&mut self, key: usize, rid: u16, exchange: Exchange) {
         self.timers.insert(exchange.deadline, key, rid as u32);
-        if let Some(Conn {
-            proto: Proto::Http(h),
-            ..
-        }) = self.conns.slab.get_mut(key)
-        {
-            h.phase = HttpPhase::Active(exchange);
+        if let Some(conn) = self.conns.slab.get_mut(key) {
+            conn.set_exchange(rid, exchange);
         }
     }
 
@@ -261,7 +206,7 @@ impl Server {
 
     /// Answers a held long-poll with what its mailbox has after `since`
     /// (nothing, on a timeout or after a `DROP`).
-    fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
+    pub(crate) fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
@@ -284,7 +229,12 @@ impl Server {
             None => poll_body(std::iter::empty(), since, false),
         };
         self.send_answer(key, rid, body, now);
-        self.http_process(key, now);
+        if matches!(
+            self.conns.slab.get(key).map(|c| &c.proto),
+            Some(Proto::Http(_))
+        ) {
+            self.http_process(key, now);
+        }
     }
 
     fn send_answer(&mut self, key: usize, rid: u16, body: Vec<u8>, now: Instant) {
@@ -293,7 +243,7 @@ impl Server {
             rid,
             &Head::sized(HttpStatus::Ok, Transport::Poll.content_type(), body.len()),
         );
-        conn.out.push(Chunk::Owned(body));
+        conn.push_body(rid, &mut vec![Chunk::Owned(body)]);
         self.conns.counters.written += 1;
         self.finish(key, rid, true, now);
     }
@@ -324,7 +274,7 @@ impl Server {
     /// (keep-alive) or closes once its output is written; either way under a
     /// deadline. Callers outside [`Server::http_process`] then run it for
     /// requests the client already pipelined.
-    fn finish(&mut self, key: usize, rid: u16, sized: bool, now: Instant) {
+    pub(crate) fn finish(&mut self, key: usize, rid: u16, sized: bool, now: Instant) {
         let deadline = now + self.config.request_timeout;
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;

@@ -1,0 +1,209 @@
+//! FastCGI connections: records in, requests (possibly several at once) out.
+//!
+//! Per request: `BEGIN_REQUEST` creates it, `PARAMS` accumulate until the
+//! empty record that ends them, then the request is routed like any other.
+//! `STDIN` and `DATA` are drained unread. `ABORT_REQUEST` ends the request at
+//! once with `END_REQUEST`. Records for unknown request ids are ignored, as
+//! the specification asks. A malformed record closes the connection with a
+//! log line; other connections never notice.
+
+use std::time::Instant;
+
+use crate::codec::Status;
+use crate::conn::{Close, FcgiPhase, FcgiRequest, Proto, read_into, sub_id};
+use crate::gateway::{cgi, fcgi};
+use crate::request::{Rejection, Status as HttpStatus, route};
+use crate::server::Server;
+
+/// Concurrent requests on one connection (`FCGI_MAX_REQS`). Web servers send
+/// one at a time; this only bounds a multiplexing peer.
+pub const MAX_REQS: usize = 64;
+
+/// `PARAMS` bytes per request: every client header is forwarded, and 32 KiB
+/// is far above what browsers send.
+const MAX_PARAMS: usize = 32 * 1024;
+
+impl Server {
+    pub(super) fn fcgi_readable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Proto::Fcgi(f) = &mut conn.proto else {
+            return;
+        };
+        let result = read_into(&mut conn.socket, &mut f.inbuf, 2 * fcgi::MAX_RECORD);
+        if self.read_ended(key, result) {
+            return;
+        }
+        loop {
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                return;
+            };
+            let Proto::Fcgi(f) = &mut conn.proto else {
+                return;
+            };
+            if conn.close == Close::Now {
+                return;
+            }
+            let input = std::mem::take(&mut f.inbuf);
+            let used = match fcgi::parse(&input) {
+                Ok(Status::Partial) => {
+                    f.inbuf = input;
+                    if f.inbuf.is_empty() {
+                        f.inbuf = Vec::new();
+                    }
+                    return;
+                }
+                Ok(Status::Complete((record, used))) => {
+                    self.fcgi_record(key, record, now);
+                    used
+                }
+                Err(e) => {
+                    log::warn!("conn={key} fastcgi {e}: closing");
+                    self.conns.close(key, Close::Now);
+                    return;
+                }
+            };
+            if let Some(Proto::Fcgi(f)) = self.conns.slab.get_mut(key).map(|c| &mut c.proto) {
+                let mut input = input;
+                input.drain(..used);
+                f.inbuf = input;
+            }
+        }
+    }
+
+    fn fcgi_record(&mut self, key: usize, record: fcgi::FcgiRecord<'_>, now: Instant) {
+        let rid = record.request_id;
+        let max_conns = self.config.max_connections;
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Proto::Fcgi(f) = &mut conn.proto else {
+            return;
+        };
+        match record.kind {
+            fcgi::BEGIN_REQUEST => {
+                let (role, flags) = match fcgi::parse_begin(record.content) {
+                    Ok(x) if rid != 0 && f.request_mut(rid).is_none() => x,
+                    Ok(_) => {
+                        return self
+                            .fcgi_malformed(key, "BEGIN_REQUEST for id 0 or an id already in use");
+                    }
+                    Err(e) => return self.fcgi_malformed(key, &e.to_string()),
+                };
+                let keep_conn = flags & fcgi::KEEP_CONN != 0;
+                let refusal = if role != fcgi::ROLE_RESPONDER {
+                    Some(fcgi::UNKNOWN_ROLE)
+                } else if f.requests.len() >= MAX_REQS {
+                    Some(fcgi::OVERLOADED)
+                } else {
+                    None
+                };
+                f.idle_deadline = None;
+                match refusal {
+                    None => f.requests.push(FcgiRequest {
+                        id: rid,
+                        keep_conn,
+                        phase: FcgiPhase::Params(Vec::new()),
+                    }),
+                    Some(status) => {
+                        log::debug!(
+                            "conn={key} fastcgi request {rid} refused (role {role}, status {status})"
+                        );
+                        conn.out.push_bytes(&fcgi::end_request(rid, status)[8..]);
+                        if !keep_conn {
+                            self.conns.close(key, Close::AfterFlush);
+                        }
+                        self.conns.schedule_flush(key);
+                    }
+                }
+            }
+            fcgi::PARAMS => {
+                let Some(FcgiRequest {
+                    phase: FcgiPhase::Params(params),
+                    ..
+                }) = f.request_mut(rid)
+                else {
+                    return;
+                };
+                if !record.content.is_empty() {
+                    if params.len() + record.content.len() > MAX_PARAMS {
+                        let rejection = Rejection::new(
+                            HttpStatus::BadRequest,
+                            "request headers larger than 32 KiB",
+                        );
+                        self.fcgi_start(key, rid, Err(rejection), now);
+                    } else {
+                        params.extend_from_slice(record.content);
+                    }
+                    return;
+                }
+                let params = std::mem::take(params);
+                let routed = match fcgi::parse_pairs(&params) {
+                    Ok(pairs) => {
+                        let mut scratch = String::new();
+                        cgi::request(&pairs, &mut scratch)
+                            .map_err(|e| Rejection::new(HttpStatus::BadRequest, e))
+                            .and_then(|req| route(&req))
+                    }
+                    Err(e) => return self.fcgi_malformed(key, &e.to_string()),
+                };
+                self.fcgi_start(key, rid, routed, now);
+            }
+            fcgi::STDIN | fcgi::DATA => {}
+            fcgi::ABORT_REQUEST => {
+                let Some(request) = f.request_mut(rid) else {
+                    return;
+                };
+                if let FcgiPhase::Active(ex) = &mut request.phase
+                    && ex.subscribed
+                {
+                    ex.subscribed = false;
+                    let mailbox = ex.mailbox;
+                    self.store.unsubscribe(mailbox, sub_id(key, rid), now);
+                }
+                log::debug!("conn={key} fastcgi request {rid} aborted by the web server");
+                self.finish(key, rid, false, now);
+            }
+            fcgi::GET_VALUES if rid == 0 => {
+                match fcgi::get_values_result(record.content, max_conns, MAX_REQS) {
+                    Ok(answer) => {
+                        conn.out.push_bytes(&answer);
+                        self.conns.schedule_flush(key);
+                    }
+                    Err(e) => self.fcgi_malformed(key, &e.to_string()),
+                }
+            }
+            other => {
+                log::debug!("conn={key} fastcgi unknown record type {other}");
+                conn.out.push_bytes(&fcgi::unknown_type(other));
+                self.conns.schedule_flush(key);
+            }
+        }
+    }
+
+    fn fcgi_start(
+        &mut self,
+        key: usize,
+        rid: u16,
+        routed: Result<crate::request::Route, Rejection>,
+        now: Instant,
+    ) {
+        let started = match routed {
+            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, rid, route, now),
+            Ok(_) => Err(Rejection::new(
+                HttpStatus::ServiceUnavailable,
+                "shutting down",
+            )),
+            Err(rejection) => Err(rejection),
+        };
+        if let Err(rejection) = started {
+            self.reject(key, rid, rejection, now);
+        }
+    }
+
+    fn fcgi_malformed(&mut self, key: usize, what: &str) {
+        log::warn!("conn={key} fastcgi {what}: closing");
+        self.conns.close(key, Close::Now);
+    }
+}

@@ -1,0 +1,75 @@
+//! SCGI connections: one request each. The header netstring is parsed, the
+//! body (if any) is drained unread, and the connection closes when the
+//! response ends.
+
+use std::time::Instant;
+
+use crate::codec::Status;
+use crate::conn::{Close, Proto, ScgiPhase, discard_input, read_into};
+use crate::gateway::{cgi, scgi};
+use crate::request::{Rejection, Status as HttpStatus, route};
+use crate::server::Server;
+
+impl Server {
+    pub(super) fn scgi_readable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Proto::Scgi(s) = &mut conn.proto else {
+            return;
+        };
+        let result = match s.phase {
+            ScgiPhase::Head { .. } => {
+                read_into(&mut conn.socket, &mut s.inbuf, scgi::MAX_HEADERS + 16)
+            }
+            // The body is drained unread; reading also notices the web server hanging up.
+            ScgiPhase::Active(_) | ScgiPhase::Done => discard_input(&mut conn.socket),
+        };
+        if !self.read_ended(key, result) {
+            self.scgi_process(key, now);
+        }
+    }
+
+    fn scgi_process(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Proto::Scgi(s) = &mut conn.proto else {
+            return;
+        };
+        if conn.close != Close::No || !matches!(s.phase, ScgiPhase::Head { .. }) {
+            return;
+        }
+        let input = std::mem::take(&mut s.inbuf);
+        let routed = match scgi::parse(&input) {
+            Ok(Status::Partial) => {
+                s.inbuf = input;
+                return;
+            }
+            Ok(Status::Complete((head, _))) => {
+                let mut scratch = String::new();
+                cgi::request(&head.pairs, &mut scratch)
+                    .map_err(|e| Rejection::new(HttpStatus::BadRequest, e))
+                    .and_then(|req| route(&req))
+            }
+            Err(e) => {
+                log::warn!("conn={key} scgi {e}: closing");
+                self.conns.close(key, Close::Now);
+                return;
+            }
+        };
+        // Parked connections hold no input buffer.
+        s.phase = ScgiPhase::Done;
+        let started = match routed {
+            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
+            Ok(_) => Err(Rejection::new(
+                HttpStatus::ServiceUnavailable,
+                "shutting down",
+            )),
+            Err(rejection) => Err(rejection),
+        };
+        if let Err(rejection) = started {
+            self.reject(key, 0, rejection, now);
+        }
+    }
+}
