@@ -113,8 +113,11 @@ pub fn parse_begin(content: &[u8]) -> Result<(u16, u8), FcgiError> {
     Ok((u16::from_be_bytes([content[0], content[1]]), content[2]))
 }
 
+/// One CGI variable as `(name, value)` bytes.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// Decodes a block of name-value pairs.
-pub fn parse_pairs(mut buf: &[u8]) -> Result<Vec<(&[u8], &[u8])>, FcgiError> {
+pub fn parse_pairs(mut buf: &[u8]) -> Result<Vec<Pair<'_>>, FcgiError> {
     fn length(buf: &mut &[u8]) -> Result<usize, FcgiError> {
         let first = *buf.first().ok_or(FcgiError::Pairs)?;
         if first < 0x80 {
@@ -368,7 +371,7 @@ mod tests {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                buf.push(if seed % 3 == 0 {
+                buf.push(if seed.is_multiple_of(3) {
                     1
                 } else {
                     (seed >> 8) as u8 % 16

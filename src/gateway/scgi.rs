@@ -84,7 +84,7 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ScgiHead<'_>, usize)>, ScgiError> {
     let fields: Vec<&[u8]> = block.split(|&b| b == 0).collect();
     // A terminated block splits into 2n fields plus one empty tail.
     let fields = &fields[..fields.len() - 1];
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err(ScgiError::Pairs);
     }
     let pairs: Vec<(&[u8], &[u8])> = fields.chunks(2).map(|p| (p[0], p[1])).collect();
