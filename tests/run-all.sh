@@ -11,6 +11,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v lighttpd >/dev/null || need+=(lighttpd)
 command -v nginx >/dev/null || need+=(nginx)
 command -v cgi-fcgi >/dev/null || need+=(libfcgi-bin)
+command -v php >/dev/null || need+=(php-cli)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -1,0 +1,188 @@
+//! Everything shipped in contrib/ that is not a web-server config (those are
+//! in gateways.rs): the systemd unit and the backend examples, run for real.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn contrib(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(path)
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn systemd_unit_verifies_and_its_command_line_starts() {
+    let unit = std::fs::read_to_string(contrib("systemd/mailboxd.service")).unwrap();
+    let dir = TempDir::new("unit");
+    let binary = bin("mailboxd");
+    let local = unit.replace("/usr/local/bin/mailboxd", binary.to_str().unwrap());
+    let unit_path = dir.path().join("mailboxd.service");
+    std::fs::write(&unit_path, &local).unwrap();
+    let (code, out, err) = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_path));
+    assert_eq!(code, 0, "systemd-analyze verify: {out}{err}");
+
+    // The ExecStart flags, with /run/mailboxd mapped into a temp dir.
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let exec = exec.replace("/run/mailboxd", run_dir.to_str().unwrap());
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/mailboxd"));
+    let args: Vec<&str> = words.collect();
+    let control = run_dir.join("control.sock");
+    let mut cmd = Command::new(&binary);
+    cmd.args(&args);
+    let srv = Mailboxd::spawn(cmd, TempDir::new("unit-srv"), control.clone(), 2);
+    use std::os::unix::fs::PermissionsExt;
+    for sock in ["control.sock", "fastcgi.sock"] {
+        let mode = std::fs::metadata(run_dir.join(sock))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660, "{sock}");
+    }
+    assert_eq!(srv.ctl().cmd("PING"), "PONG");
+}
+
+#[test]
+fn python_backend_example() {
+    let srv = Mailboxd::start(&[]);
+    let mut sse = HttpStream::open(srv.port, "/comet/pyuser", &[]);
+    srv.wait_info("pyuser", |r| r.contains("subscribers=1"));
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from mailboxd import Mailboxd, MailboxdError
+with Mailboxd(sys.argv[2]) as mb:
+    assert mb.ping()
+    msg_id, live = mb.send("pyuser", "from python", event="note")
+    assert live == 1, live
+    assert mb.join("pyroom", "pyuser", "other") == 2
+    assert sorted(mb.members("pyroom")) == ["other", "pyuser"]
+    assert mb.publish("pyroom", "room msg", except_=["other"]) == (1, 1)
+    assert mb.info("pyuser")["subscribers"] == 1
+    replies = mb.pipeline([Mailboxd.encode("SEND", "x", payload=str(i)) for i in range(100)] + [b"INFO nobody\n"])
+    assert all(r.startswith("OK ") for r in replies[:100])
+    assert isinstance(replies[100], MailboxdError) and replies[100].code == "NOTFOUND"
+    try:
+        mb.send("bad/name", "x")
+        raise SystemExit("no error")
+    except MailboxdError as e:
+        assert e.code == "NAME", e.code
+    assert mb.stats()["mailboxes"] >= 3
+    print(msg_id)
+"#;
+    let (code, out, err) = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(contrib("backends"))
+        .arg(&srv.control));
+    assert_eq!(code, 0, "{out}{err}");
+    let ev = sse.next_event();
+    assert_eq!(
+        (ev.id, ev.event.as_deref(), ev.data.as_str()),
+        (
+            Some(out.trim().parse().unwrap()),
+            Some("note"),
+            "from python"
+        )
+    );
+    assert_eq!(sse.next_event().data, "room msg");
+    // The script's own CLI.
+    let (code, out, _) = run(Command::new("python3")
+        .arg(contrib("backends/mailboxd.py"))
+        .arg("-s")
+        .arg(&srv.control)
+        .args(["send", "pyuser", "cli"]));
+    assert_eq!(code, 0);
+    assert!(out.trim().ends_with(" 1"), "{out}");
+}
+
+#[test]
+fn php_backend_example() {
+    let srv = Mailboxd::start(&[]);
+    let mut sse = HttpStream::open(srv.port, "/comet/phpuser", &[]);
+    srv.wait_info("phpuser", |r| r.contains("subscribers=1"));
+    let script = r#"
+require $argv[1];
+$mb = new Mailboxd($argv[2]);
+[$id, $live] = $mb->send('phpuser', "from php\nline 2", 'note');
+if ($live !== 1) { fwrite(STDERR, "live=$live\n"); exit(1); }
+if ($mb->join('phproom', ['phpuser', 'other']) !== 2) exit(2);
+if ($mb->publish('phproom', 'room msg', null, ['other']) !== [1, 1]) exit(3);
+if ($mb->info('phpuser')['subscribers'] !== 1) exit(4);
+try { $mb->send('bad/name', 'x'); exit(5); } catch (MailboxdException $e) { if ($e->errorCode !== 'NAME') exit(6); }
+if ($mb->leave('phproom', ['other']) !== 1) exit(7);
+echo $id, "\n";
+"#;
+    let php = which("php");
+    let (code, out, err) = run(Command::new(php)
+        .arg("-r")
+        .arg(script)
+        .arg(contrib("backends/mailboxd.php"))
+        .arg(&srv.control));
+    assert_eq!(code, 0, "{out}{err}");
+    let ev = sse.next_event();
+    assert_eq!(
+        (ev.id, ev.data.as_str()),
+        (Some(out.trim().parse().unwrap()), "from php\nline 2")
+    );
+    assert_eq!(sse.next_event().data, "room msg");
+}
+
+#[test]
+fn shell_chat_example() {
+    let srv = Mailboxd::start(&[]);
+    let chat = |args: &[&str]| {
+        run(Command::new("sh")
+            .arg(contrib("backends/chat.sh"))
+            .args(args)
+            .env("MAILBOXD_SOCKET", &srv.control)
+            .env("MAILBOXCTL", bin("mailboxctl")))
+    };
+    assert_eq!(chat(&["join", "lobby", "ann"]).1.trim(), "OK 1");
+    assert_eq!(chat(&["join", "lobby", "bob"]).1.trim(), "OK 2");
+    let mut ann = HttpStream::open(srv.port, "/comet/ann", &[]);
+    let mut bob = HttpStream::open(srv.port, "/comet/bob", &[]);
+    srv.wait_info("ann", |r| r.contains("subscribers=1"));
+    srv.wait_info("bob", |r| r.contains("subscribers=1"));
+    let (code, out, err) = chat(&["say", "lobby", "bob", "hello 'world' $HOME"]);
+    assert_eq!((code, out.trim()), (0, "OK 1 1"), "{err}");
+    let ev = ann.next_event();
+    assert_eq!(
+        (ev.event.as_deref(), ev.data.as_str()),
+        (Some("chat"), "bob: hello 'world' $HOME")
+    );
+    // bob got no echo: his next event is a direct message.
+    let (direct, _) = srv.ctl().send("bob", "direct");
+    assert_eq!(bob.next_event().id, Some(direct));
+    assert_eq!(chat(&["leave", "lobby", "ann"]).1.trim(), "OK 1");
+    assert_eq!(chat(&["bogus"]).0, 2);
+}
+
+fn which(tool: &str) -> PathBuf {
+    ["/usr/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{tool} is not installed: run tests/run-all.sh, which installs the test dependencies"))
+}
