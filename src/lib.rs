@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod gateway;
+pub mod limits;
 pub mod message;
 pub mod name;
 pub mod outbuf;

@@ -29,6 +29,7 @@ use crate::conn::{
     Close, Conn, Conns, ControlState, FcgiState, HttpPhase, HttpState, Proto, ScgiPhase, ScgiState,
     Socket, sub_id,
 };
+use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::store::{MailboxStore, MemoryStore};
 use crate::timer::{HEAD_SLOT, Timers};
@@ -106,6 +107,16 @@ pub struct Server {
 impl Server {
     /// Binds every listener and the signal handlers.
     pub fn new(config: Config) -> Result<Server, String> {
+        match limits::raise_nofile() {
+            Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => log::warn!(
+                "max-connections is {} but the descriptor limit ({fds}) allows about {} clients; \
+                 raise the hard limit (systemd: LimitNOFILE) or lower max-connections",
+                config.max_connections,
+                limits::clients_allowed(fds)
+            ),
+            Ok(fds) => log::debug!("descriptor limit {fds}"),
+            Err(e) => log::warn!("cannot read or raise the descriptor limit: {e}"),
+        }
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let mut signals = Signals::new([SIGTERM, SIGINT])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
