@@ -5,26 +5,43 @@
 //! * `pipeline`: pipelined `SEND`s on one control connection; accepted commands/s.
 //! * `hold`: open N idle SSE subscribers, report the connect rate and failures,
 //!   print `ready`, then keep them open until stdin closes.
-//!
-//! One process drives at most ~19,000 sockets (the machine's per-process
-//! descriptor limit), so scripts spread large loads over several processes.
+//! * `fanout`: N subscribers of one group (mailboxd) or channel (Nchan); M
+//!   timestamped messages published `interval` apart; per-message time to the
+//!   last subscriber, latency percentiles over all deliveries, and a check
+//!   that every subscriber got every message exactly once, in order.
+//! * `throughput`: N subscribers on N mailboxes/channels; messages spread over
+//!   them as fast as the publisher can; delivered messages/s end to end.
+//! * `subscribe`: the child process `fanout` and `throughput` spawn; one
+//!   process drives at most a few thousand sockets, so the load spreads over
+//!   cores and stays under the per-process descriptor limit.
+
+mod sse;
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use sse::Target;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  mbx-bench pipeline --control PATH [--count N] [--mailboxes M] [--size BYTES]\n  mbx-bench hold --addr HOST:PORT --prefix /comet/ [--first K] [--n N] [--timeout SECS]"
+        "usage:
+  mbx-bench pipeline --control PATH [--count N] [--mailboxes M] [--size BYTES]
+  mbx-bench hold --addr HOST:PORT --prefix /comet/ [--first K] [--n N] [--timeout SECS]
+  mbx-bench fanout --target mailboxd|nchan --addr HOST:PORT --prefix PATH
+                   [--control PATH | --pub-addr HOST:PORT --pub-prefix /pub/]
+                   [--subs N] [--msgs M] [--interval-ms MS] [--procs P] [--server-pids PID,PID]
+  mbx-bench throughput --target mailboxd|nchan --addr HOST:PORT --prefix PATH
+                   [--control PATH | --pub-addr HOST:PORT --pub-prefix /pub/]
+                   [--subs N] [--msgs M] [--procs P] [--publishers K] [--server-pids PID,PID]"
     );
     std::process::exit(2)
 }
 
+/// `--key value` pairs.
 struct Args(HashMap<String, String>);
 
 impl Args {
@@ -40,7 +57,14 @@ impl Args {
     }
 
     fn str(&self, k: &str) -> String {
-        self.0.get(k).cloned().unwrap_or_else(|| usage())
+        self.0.get(k).cloned().unwrap_or_else(|| {
+            eprintln!("missing --{k}");
+            usage()
+        })
+    }
+
+    fn opt(&self, k: &str) -> Option<String> {
+        self.0.get(k).cloned()
     }
 
     fn num(&self, k: &str, default: u64) -> u64 {
@@ -55,8 +79,16 @@ fn main() {
     match cmd.as_str() {
         "pipeline" => pipeline(&args),
         "hold" => hold(&args),
+        "subscribe" => subscribe(&args),
+        "fanout" => fanout(&args),
+        "throughput" => throughput(&args),
         _ => usage(),
     }
+}
+
+/// Nanoseconds since the epoch: publisher and subscribers share the machine's clock.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 /// Pipelined SENDs: a writer thread streams requests, this thread counts replies.
@@ -65,15 +97,23 @@ fn pipeline(args: &Args) {
     let count = args.num("count", 200_000) as usize;
     let mailboxes = args.num("mailboxes", 1000) as usize;
     let size = args.num("size", 32) as usize;
-    let stream = UnixStream::connect(&path).expect("connect control socket");
-    let mut writer = stream.try_clone().unwrap();
     let payload = "x".repeat(size);
     let start = Instant::now();
+    let errors = send_pipelined(&path, count, move |i| (format!("p{}", i % mailboxes), payload.clone()));
+    let secs = start.elapsed().as_secs_f64();
+    println!("pipeline sends={count} errors={errors} secs={secs:.3} rate={:.0}", count as f64 / secs);
+}
+
+/// Sends `count` pipelined SENDs (`make(i)` gives mailbox and payload); returns ERR replies.
+fn send_pipelined(path: &str, count: usize, make: impl Fn(usize) -> (String, String) + Send + 'static) -> usize {
+    let stream = UnixStream::connect(path).expect("connect control socket");
+    let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut batch = Vec::with_capacity(1 << 20);
         for i in 0..count {
-            batch.extend_from_slice(format!("SEND p{} {}\n{payload}\n", i % mailboxes, size).as_bytes());
-            if batch.len() > (1 << 20) - 256 {
+            let (mailbox, payload) = make(i);
+            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
+            if batch.len() > (1 << 20) - 512 {
                 writer.write_all(&batch).unwrap();
                 batch.clear();
             }
@@ -90,18 +130,8 @@ fn pipeline(args: &Args) {
             errors += 1;
         }
     }
-    let secs = start.elapsed().as_secs_f64();
     sender.join().unwrap();
-    println!("pipeline sends={count} errors={errors} secs={secs:.3} rate={:.0}", count as f64 / secs);
-}
-
-/// One benchmark client connection.
-struct Client {
-    stream: TcpStream,
-    request: Vec<u8>,
-    written: usize,
-    head_seen: bool,
-    buf: Vec<u8>,
+    errors
 }
 
 /// Opens `n` SSE subscribers and keeps them until stdin closes.
@@ -111,95 +141,364 @@ fn hold(args: &Args) {
     let first = args.num("first", 0);
     let n = args.num("n", 1000) as usize;
     let timeout = Duration::from_secs(args.num("timeout", 60));
-    let mut poll = Poll::new().unwrap();
-    let mut clients: Vec<Option<Client>> = Vec::with_capacity(n);
     let start = Instant::now();
+    let paths: Vec<String> = (0..n).map(|i| format!("{prefix}{}", first + i as u64)).collect();
+    let mut conns = sse::connect_all(addr, &paths, Target::Mailboxd, timeout);
+    let connected = conns.iter().filter(|c| c.is_open()).count();
+    let secs = start.elapsed().as_secs_f64();
+    println!("hold connected={connected} failed={} secs={secs:.3} rate={:.0}", n - connected, connected as f64 / secs);
+    println!("ready");
+    io::stdout().flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = io::stdin().read_to_end(&mut sink);
+    conns.clear();
+}
+
+/// Child process: `n` subscribers that record every delivery.
+///
+/// Prints `ready` once all are connected, then reads until every connection
+/// has `expect` messages or `timeout` passes, and prints `result ...` lines.
+fn subscribe(args: &Args) {
+    let addr: SocketAddr = args.str("addr").parse().expect("--addr");
+    let target = Target::parse(&args.str("target"));
+    let prefix = args.str("prefix");
+    let names: Vec<String> = args.str("names").split(',').map(|s| s.to_string()).collect();
+    let expect = args.num("expect", 1) as usize;
+    let timeout = Duration::from_secs(args.num("timeout", 120));
+    let lat_file = args.opt("latencies");
+    let paths: Vec<String> = names.iter().map(|n| format!("{prefix}{n}")).collect();
+    let mut conns = sse::connect_all(addr, &paths, target, Duration::from_secs(60));
+    let failed = conns.iter().filter(|c| !c.is_open()).count();
+    println!("ready failed={failed}");
+    io::stdout().flush().unwrap();
+    let stats = sse::receive_until(&mut conns, expect, timeout);
+    if let Some(path) = lat_file {
+        let mut bytes = Vec::with_capacity(stats.latencies_us.len() * 4);
+        for l in &stats.latencies_us {
+            bytes.extend_from_slice(&l.to_le_bytes());
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+    let seq_max: Vec<String> = stats.seq_max_us.iter().map(|(s, l)| format!("{s}:{l}")).collect();
+    println!(
+        "result received={} lost={} duplicates={} reordered={} closed={} first_ns={} last_ns={} seqmax={}",
+        stats.received,
+        stats.lost,
+        stats.duplicates,
+        stats.reordered,
+        stats.closed,
+        stats.first_ns,
+        stats.last_ns,
+        seq_max.join(",")
+    );
+}
+
+/// Spawns `procs` subscriber processes over `names`; waits until all are connected.
+fn spawn_subscribers(args: &Args, names: &[String], expect: usize, tmp: &str) -> Vec<(Child, BufReader<std::process::ChildStdout>)> {
+    let procs = args.num("procs", 2).max(1) as usize;
+    let per = names.len().div_ceil(procs);
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Vec::new();
+    for (i, chunk) in names.chunks(per).enumerate() {
+        let mut child = Command::new(&exe)
+            .args(["subscribe", "--addr", &args.str("addr"), "--target", &args.str("target")])
+            .args(["--prefix", &args.str("prefix"), "--names", &chunk.join(",")])
+            .args(["--expect", &expect.to_string(), "--timeout", &args.num("timeout", 120).to_string()])
+            .args(["--latencies", &format!("{tmp}/lat{i}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        children.push((child, out));
+    }
     let mut failed = 0;
-    let mut connected = 0;
-    // Open in waves so the listen backlog never overflows.
-    let wave = 500;
-    let mut opened = 0;
-    let mut events = Events::with_capacity(4096);
-    while connected + failed < n {
-        while opened < n && opened - (connected + failed) < wave {
-            let id = first + opened as u64;
-            match TcpStream::connect(addr) {
-                Ok(mut stream) => {
-                    poll.registry()
-                        .register(&mut stream, Token(opened), Interest::READABLE | Interest::WRITABLE)
-                        .unwrap();
-                    let request = format!(
-                        "GET {prefix}{id} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n"
-                    )
-                    .into_bytes();
-                    clients.push(Some(Client { stream, request, written: 0, head_seen: false, buf: Vec::new() }));
-                }
-                Err(_) => {
-                    clients.push(None);
-                    failed += 1;
-                }
-            }
-            opened += 1;
-        }
-        if start.elapsed() > timeout {
-            break;
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
-        for ev in events.iter() {
-            let Some(Some(c)) = clients.get_mut(ev.token().0) else { continue };
-            if c.head_seen {
-                continue;
-            }
-            if ev.is_writable() && c.written < c.request.len() {
-                match c.stream.write(&c.request[c.written..]) {
-                    Ok(k) => c.written += k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        clients[ev.token().0] = None;
-                        failed += 1;
-                        continue;
+    for (_, out) in children.iter_mut() {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let f: usize = line.trim().strip_prefix("ready failed=").unwrap_or_else(|| panic!("child said {line:?}")).parse().unwrap();
+        failed += f;
+    }
+    println!("subscribers connected={} failed={failed}", names.len() - failed);
+    children
+}
+
+/// Totals merged from all subscriber processes.
+#[derive(Default)]
+struct Merged {
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    reordered: u64,
+    closed: u64,
+    first_ns: u64,
+    last_ns: u64,
+    seq_max: HashMap<u64, u64>,
+    latencies: Vec<u32>,
+}
+
+fn collect(children: Vec<(Child, BufReader<std::process::ChildStdout>)>, tmp: &str) -> Merged {
+    let mut m = Merged { first_ns: u64::MAX, ..Merged::default() };
+    for (i, (mut child, mut out)) in children.into_iter().enumerate() {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        child.wait().unwrap();
+        for field in line.trim().strip_prefix("result ").expect("result line").split(' ') {
+            let (k, v) = field.split_once('=').unwrap();
+            match k {
+                "received" => m.received += v.parse::<u64>().unwrap(),
+                "lost" => m.lost += v.parse::<u64>().unwrap(),
+                "duplicates" => m.duplicates += v.parse::<u64>().unwrap(),
+                "reordered" => m.reordered += v.parse::<u64>().unwrap(),
+                "closed" => m.closed += v.parse::<u64>().unwrap(),
+                "first_ns" => m.first_ns = m.first_ns.min(v.parse().unwrap()),
+                "last_ns" => m.last_ns = m.last_ns.max(v.parse().unwrap()),
+                "seqmax" => {
+                    for pair in v.split(',').filter(|p| !p.is_empty()) {
+                        let (s, l) = pair.split_once(':').unwrap();
+                        let e = m.seq_max.entry(s.parse().unwrap()).or_default();
+                        *e = (*e).max(l.parse().unwrap());
                     }
                 }
+                _ => {}
             }
-            let mut chunk = [0u8; 1024];
-            loop {
-                match c.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        clients[ev.token().0] = None;
-                        failed += 1;
-                        break;
-                    }
-                    Ok(k) => {
-                        c.buf.extend_from_slice(&chunk[..k]);
-                        if c.buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            if c.buf.starts_with(b"HTTP/1.1 200") || c.buf.starts_with(b"HTTP/1.0 200") {
-                                c.head_seen = true;
-                                c.buf = Vec::new();
-                                connected += 1;
-                            } else {
-                                clients[ev.token().0] = None;
-                                failed += 1;
+        }
+        let bytes = std::fs::read(format!("{tmp}/lat{i}")).unwrap_or_default();
+        m.latencies.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())));
+    }
+    m.latencies.sort_unstable();
+    m
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// CPU time (ns) the given processes have used, from /proc/PID/schedstat.
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn server_pids(args: &Args) -> Vec<u32> {
+    args.opt("server-pids")
+        .map(|s| s.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn tmpdir() -> String {
+    let dir = std::env::temp_dir().join(format!("mbx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.display().to_string()
+}
+
+/// The payload of message `seq`: sequence, send time, padding to `size` bytes.
+fn payload(seq: u64, size: usize) -> String {
+    let mut p = format!("{seq} {}", now_ns());
+    if p.len() + 1 < size {
+        p.push(' ');
+        p.push_str(&"x".repeat(size - p.len()));
+    }
+    p
+}
+
+/// One publisher over HTTP POST (Nchan), keep-alive.
+struct HttpPublisher {
+    stream: BufReader<StdTcpStream>,
+    addr: String,
+}
+
+impl HttpPublisher {
+    fn connect(addr: &str) -> HttpPublisher {
+        let s = StdTcpStream::connect(addr).expect("connect publisher");
+        s.set_nodelay(true).unwrap();
+        HttpPublisher { stream: BufReader::new(s), addr: addr.to_string() }
+    }
+
+    /// POSTs `body` to `path` and waits for the response (status must be 2xx).
+    fn post(&mut self, path: &str, body: &str) {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        self.stream.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut len = 0usize;
+        let mut status = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).unwrap() == 0 {
+                panic!("publisher connection closed by the server");
+            }
+            if status.is_empty() {
+                status = line.clone();
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        assert!(status.contains(" 20"), "publish answered {status:?}");
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body).unwrap();
+    }
+}
+
+fn control_cmd(path: &str, line: &str) -> String {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(line.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut reply = String::new();
+    r.read_line(&mut reply).unwrap();
+    reply
+}
+
+/// Group fan-out: one message reaches every subscriber.
+fn fanout(args: &Args) {
+    let target = Target::parse(&args.str("target"));
+    let subs = args.num("subs", 1000) as usize;
+    let msgs = args.num("msgs", 20);
+    let interval = Duration::from_millis(args.num("interval-ms", 500));
+    let size = args.num("size", 64) as usize;
+    let tmp = tmpdir();
+    let names: Vec<String> = match target {
+        Target::Mailboxd => (0..subs).map(|i| format!("f{i}")).collect(),
+        // Nchan: one shared channel.
+        Target::Nchan => vec!["room".to_string(); subs],
+    };
+    if target == Target::Mailboxd {
+        let control = args.str("control");
+        for chunk in names.chunks(500) {
+            let reply = control_cmd(&control, &format!("JOIN room {}\n", chunk.join(" ")));
+            assert!(reply.starts_with("OK"), "{reply}");
+        }
+    }
+    let children = spawn_subscribers(args, &names, msgs as usize, &tmp);
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = server_pids(args);
+    let cpu_before = cpu_ns(&pids);
+    let mut publisher = match target {
+        Target::Nchan => Some(HttpPublisher::connect(&args.str("pub-addr"))),
+        Target::Mailboxd => None,
+    };
+    let mut control = match target {
+        Target::Mailboxd => {
+            let s = UnixStream::connect(args.str("control")).unwrap();
+            Some((s.try_clone().unwrap(), BufReader::new(s)))
+        }
+        Target::Nchan => None,
+    };
+    for seq in 1..=msgs {
+        let body = payload(seq, size);
+        match (&mut publisher, &mut control) {
+            (Some(p), _) => p.post(&format!("{}room", args.str("pub-prefix")), &body),
+            (_, Some((w, r))) => {
+                w.write_all(format!("PUBLISH room {}\n{body}\n", body.len()).as_bytes()).unwrap();
+                let mut reply = String::new();
+                r.read_line(&mut reply).unwrap();
+                assert!(reply.starts_with("OK"), "{reply}");
+            }
+            _ => unreachable!(),
+        }
+        if seq < msgs {
+            std::thread::sleep(interval);
+        }
+    }
+    let m = collect(children, &tmp);
+    let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
+    let mut to_last: Vec<u32> = m.seq_max.values().map(|&v| v as u32).collect();
+    to_last.sort_unstable();
+    let expected = subs as u64 * msgs;
+    println!(
+        "fanout subs={subs} msgs={msgs} expected={expected} received={} lost={} duplicates={} reordered={} \
+         last_median_us={} last_p99_us={} last_max_us={} p50_us={} p99_us={} max_us={} server_cpu_ms={:.1} cpu_per_delivery_us={:.3}",
+        m.received,
+        expected.saturating_sub(m.received).max(m.lost),
+        m.duplicates,
+        m.reordered,
+        percentile(&to_last, 0.5),
+        percentile(&to_last, 0.99),
+        to_last.last().copied().unwrap_or(0),
+        percentile(&m.latencies, 0.5),
+        percentile(&m.latencies, 0.99),
+        m.latencies.last().copied().unwrap_or(0),
+        cpu as f64 / 1e6,
+        cpu as f64 / 1e3 / m.received.max(1) as f64,
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Many mailboxes, messages spread over them as fast as the publisher goes.
+fn throughput(args: &Args) {
+    let target = Target::parse(&args.str("target"));
+    let subs = args.num("subs", 1000) as usize;
+    let msgs = args.num("msgs", 200_000) as usize;
+    let size = args.num("size", 64) as usize;
+    let per = msgs / subs;
+    let msgs = per * subs;
+    let tmp = tmpdir();
+    let names: Vec<String> = (0..subs).map(|i| format!("t{i}")).collect();
+    let children = spawn_subscribers(args, &names, per, &tmp);
+    std::thread::sleep(Duration::from_millis(300));
+    let pids = server_pids(args);
+    let cpu_before = cpu_ns(&pids);
+    let start = Instant::now();
+    let start_ns = now_ns();
+    match target {
+        Target::Mailboxd => {
+            // Message i goes to mailbox i % subs, so each gets seq 1..=per in order.
+            let errors = send_pipelined(&args.str("control"), msgs, move |i| {
+                (format!("t{}", i % subs), payload((i / subs) as u64 + 1, size))
+            });
+            assert_eq!(errors, 0, "control errors");
+        }
+        Target::Nchan => {
+            let publishers = args.num("publishers", 16) as usize;
+            let pub_addr = args.str("pub-addr");
+            let pub_prefix = args.str("pub-prefix");
+            let threads: Vec<_> = (0..publishers)
+                .map(|p| {
+                    let (addr, prefix) = (pub_addr.clone(), pub_prefix.clone());
+                    // Publisher p owns the channels i with i % publishers == p, keeping per-channel order.
+                    std::thread::spawn(move || {
+                        let mut publisher = HttpPublisher::connect(&addr);
+                        for seq in 1..=per {
+                            for ch in (p..subs).step_by(publishers) {
+                                publisher.post(&format!("{prefix}t{ch}"), &payload(seq as u64, size));
                             }
-                            break;
                         }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        clients[ev.token().0] = None;
-                        failed += 1;
-                        break;
-                    }
-                }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let failed = n - connected;
-    println!("hold connected={connected} failed={failed} secs={secs:.3} rate={:.0}", connected as f64 / secs);
-    println!("ready");
-    io::stdout().flush().unwrap();
-    // Hold until the driving script closes our stdin, then exit (closing all).
-    let mut sink = Vec::new();
-    let _ = io::stdin().read_to_end(&mut sink);
-    drop(clients);
+    let published = start.elapsed().as_secs_f64();
+    let m = collect(children, &tmp);
+    let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
+    let secs = (m.last_ns.saturating_sub(start_ns)) as f64 / 1e9;
+    println!(
+        "throughput subs={subs} msgs={msgs} received={} lost={} duplicates={} reordered={} publish_secs={published:.3} \
+         end_to_end_secs={secs:.3} delivered_per_sec={:.0} server_cpu_ms={:.1}",
+        m.received,
+        (msgs as u64).saturating_sub(m.received).max(m.lost),
+        m.duplicates,
+        m.reordered,
+        m.received as f64 / secs.max(1e-9),
+        cpu as f64 / 1e6,
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
 }
