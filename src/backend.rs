@@ -26,7 +26,7 @@ impl Server {
         // so a complete frame can never be stuck behind a full buffer.
         let limit = control::MAX_LINE + self.config.max_message + 4;
         loop {
-            let Some(conn) = self.conns.slab.get_mut(key) else {
+            let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
                 return;
             };
             let Proto::Control(c) = &mut conn.proto else {
@@ -35,7 +35,7 @@ impl Server {
             if c.paused || conn.close != Close::No {
                 return;
             }
-            let end = match read_into(&mut conn.socket, &mut c.inbuf, limit) {
+            let end = match read_into(&mut conn.socket, &mut c.inbuf, limit, scratch) {
                 Ok(end) => end,
                 Err(e) => {
                     log::debug!("conn={key} control read failed: {e}");

@@ -110,20 +110,27 @@ pub enum ReadEnd {
     Eof,
 }
 
-/// Reads into `buf` until the socket would block, the peer closes, or `buf` holds `limit` bytes.
-pub fn read_into(socket: &mut Socket, buf: &mut Vec<u8>, limit: usize) -> io::Result<ReadEnd> {
+/// Size of the shared read buffer: one read takes at most this much.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads into `buf` until the socket would block, the peer closes, or `buf`
+/// holds `limit` bytes. Reads go through `scratch` (the loop's one shared,
+/// already-initialised buffer) so a connection's own buffer never has to be
+/// zero-filled ahead of a read, and only bytes that arrived are copied.
+pub fn read_into(
+    socket: &mut Socket,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    scratch: &mut [u8],
+) -> io::Result<ReadEnd> {
     loop {
         if buf.len() >= limit {
             return Ok(ReadEnd::Full);
         }
-        let start = buf.len();
-        let want = (limit - start).min(64 * 1024);
-        buf.resize(start + want, 0);
-        let result = socket.read(&mut buf[start..]);
-        buf.truncate(start + *result.as_ref().unwrap_or(&0));
-        match result {
+        let want = (limit - buf.len()).min(scratch.len());
+        match socket.read(&mut scratch[..want]) {
             Ok(0) => return Ok(ReadEnd::Eof),
-            Ok(_) => {}
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Blocked),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -132,10 +139,9 @@ pub fn read_into(socket: &mut Socket, buf: &mut Vec<u8>, limit: usize) -> io::Re
 }
 
 /// Reads and throws away whatever the peer sends; reports EOF.
-pub fn discard_input(socket: &mut Socket) -> io::Result<ReadEnd> {
-    let mut sink = [0u8; 1024];
+pub fn discard_input(socket: &mut Socket, scratch: &mut [u8]) -> io::Result<ReadEnd> {
     loop {
-        match socket.read(&mut sink) {
+        match socket.read(scratch) {
             Ok(0) => return Ok(ReadEnd::Eof),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Blocked),
@@ -489,9 +495,20 @@ pub struct Conns {
     pub counters: ConnCounters,
     /// Control connections open.
     pub control: usize,
+    /// The one buffer every read goes through ([`READ_CHUNK`] bytes once allocated).
+    pub read_buf: Vec<u8>,
 }
 
 impl Conns {
+    /// A connection and the shared read buffer, borrowed together.
+    pub fn with_read_buf(&mut self, key: usize) -> Option<(&mut Conn, &mut [u8])> {
+        if self.read_buf.is_empty() {
+            self.read_buf = vec![0; READ_CHUNK];
+        }
+        let conn = self.slab.get_mut(key)?;
+        Some((conn, &mut self.read_buf))
+    }
+
     /// Puts a connection on the flush list (once).
     pub fn schedule_flush(&mut self, key: usize) {
         if let Some(conn) = self.slab.get_mut(key)

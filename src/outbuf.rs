@@ -17,6 +17,9 @@ const INLINE: usize = 46;
 /// covers a full socket buffer of typical messages.
 const MAX_IOV: usize = 64;
 
+/// Slices in the common small `writev`.
+const FEW_IOV: usize = 4;
+
 /// One piece of output.
 #[derive(Debug, Clone)]
 pub enum Chunk {
@@ -109,14 +112,14 @@ impl OutQueue {
     /// when the socket would block with output left.
     pub fn write_to(&mut self, sink: &mut impl Write) -> io::Result<bool> {
         while !self.chunks.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (i, chunk) in self.chunks.iter().take(MAX_IOV).enumerate() {
-                let bytes = chunk.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &bytes[self.offset..] } else { bytes });
-                n = i + 1;
-            }
-            match sink.write_vectored(&slices[..n]) {
+            // Most flushes carry one message (two or three chunks): a small
+            // slice array avoids initialising the full one every time.
+            let result = if self.chunks.len() <= FEW_IOV {
+                self.write_some::<FEW_IOV>(sink)
+            } else {
+                self.write_some::<MAX_IOV>(sink)
+            };
+            match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -125,6 +128,18 @@ impl OutQueue {
             }
         }
         Ok(true)
+    }
+
+    /// One `writev` of up to `N` chunks.
+    fn write_some<const N: usize>(&self, sink: &mut impl Write) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut n = 0;
+        for (i, chunk) in self.chunks.iter().take(N).enumerate() {
+            let bytes = chunk.bytes();
+            slices[i] = IoSlice::new(if i == 0 { &bytes[self.offset..] } else { bytes });
+            n = i + 1;
+        }
+        sink.write_vectored(&slices[..n])
     }
 
     /// Forgets all pending output and releases its memory.

@@ -25,13 +25,18 @@ const MAX_PARAMS: usize = 32 * 1024;
 
 impl Server {
     pub(super) fn fcgi_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
+        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
             return;
         };
         let Proto::Fcgi(f) = &mut conn.proto else {
             return;
         };
-        let result = read_into(&mut conn.socket, &mut f.inbuf, 2 * fcgi::MAX_RECORD);
+        let result = read_into(
+            &mut conn.socket,
+            &mut f.inbuf,
+            2 * fcgi::MAX_RECORD,
+            scratch,
+        );
         if self.read_ended(key, result) {
             return;
         }

@@ -13,19 +13,21 @@ use crate::transport::Transport;
 impl Server {
     /// Reads what an HTTP client sent, then acts on complete request heads.
     pub(super) fn http_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
+        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
             return;
         };
         let Proto::Http(h) = &mut conn.proto else {
             return;
         };
         let result = match &h.phase {
-            HttpPhase::Head { .. } => read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD),
+            HttpPhase::Head { .. } => {
+                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+            }
             // A keep-alive long-poll client may pipeline its next request.
             HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
-                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD)
+                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
             }
-            HttpPhase::Active(_) => discard_input(&mut conn.socket),
+            HttpPhase::Active(_) => discard_input(&mut conn.socket, scratch),
         };
         if !self.read_ended(key, result) {
             self.http_process(key, now);

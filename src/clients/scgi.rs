@@ -12,18 +12,21 @@ use crate::server::Server;
 
 impl Server {
     pub(super) fn scgi_readable(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
+        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
             return;
         };
         let Proto::Scgi(s) = &mut conn.proto else {
             return;
         };
         let result = match s.phase {
-            ScgiPhase::Head { .. } => {
-                read_into(&mut conn.socket, &mut s.inbuf, scgi::MAX_HEADERS + 16)
-            }
+            ScgiPhase::Head { .. } => read_into(
+                &mut conn.socket,
+                &mut s.inbuf,
+                scgi::MAX_HEADERS + 16,
+                scratch,
+            ),
             // The body is drained unread; reading also notices the web server hanging up.
-            ScgiPhase::Active(_) | ScgiPhase::Done => discard_input(&mut conn.socket),
+            ScgiPhase::Active(_) | ScgiPhase::Done => discard_input(&mut conn.socket, scratch),
         };
         if !self.read_ended(key, result) {
             self.scgi_process(key, now);
