@@ -15,6 +15,7 @@
 //! an event for a key no longer in the slab is ignored.
 
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -42,6 +43,8 @@ const LISTENER_BASE: usize = 1;
 pub const FIRST_CONN: usize = 1 << 16;
 /// Backends rarely need more than a handful; this only guards against leaks.
 const MAX_CONTROL_CONNS: usize = 1024;
+/// Accept queue length asked of the kernel (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for final output to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -464,17 +467,30 @@ impl Server {
 /// Binds a listener; a leftover Unix socket file from a crashed run is
 /// replaced, but one that a live process still answers on is an error.
 fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<ListenSocket> {
-    match addr {
-        ListenAddr::Tcp(a) => TcpListener::bind(*a).map(ListenSocket::Tcp),
+    let socket = match addr {
+        ListenAddr::Tcp(a) => ListenSocket::Tcp(TcpListener::bind(*a)?),
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
             let listener = ListenSocket::Unix(UnixListener::bind(path)?, path.clone());
             if let Some(mode) = mode {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             }
-            Ok(listener)
+            listener
         }
+    };
+    let fd = match &socket {
+        ListenSocket::Tcp(l) => l.as_raw_fd(),
+        ListenSocket::Unix(l, _) => l.as_raw_fd(),
+    };
+    // A reconnect storm (a web server restarting, thousands of browsers
+    // coming back) overflows a small accept queue and costs each dropped
+    // SYN a one-second retransmit; calling listen again only raises the
+    // backlog, which the kernel caps at net.core.somaxconn.
+    // SAFETY: listen(2) on a socket we own; it touches no memory.
+    if unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(socket)
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {

@@ -219,6 +219,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    ap.add_argument("--only", action="append", choices=["hold", "fanout", "throughput", "pipeline"],
+                    help="run only these scenarios (repeatable)")
     a = ap.parse_args()
     for tool in ("nginx",):
         if not shutil.which(tool):
@@ -239,7 +241,7 @@ def main():
     kinds = ["direct", "fastcgi", "nchan"]
     rows = []
 
-    def row(name, unit, results, key, fmt="{:.0f}", lower_better=True):
+    def row(name, unit, results, key, fmt="{:.0f}"):
         cells, meds = [], {}
         for k in kinds:
             vals = [r[key] for r in results.get(k, [])]
@@ -252,37 +254,54 @@ def main():
         rows.append((f"{name} ({unit})", *cells, ratio))
         print("  ", rows[-1], flush=True)
 
-    print(f"hold {hold_n}", flush=True)
-    res = {k: [run_hold(k, fcgi_hold if k == "fastcgi" else hold_n) for _ in range(a.runs)] for k in kinds}
-    row(f"hold {hold_n}: connected", "of N; FastCGI: N=" + str(fcgi_hold), res, "connected", lower_better=False)
-    row(f"hold {hold_n}: failures", "count", res, "failed")
-    row(f"hold {hold_n}: connect rate", "conn/s", res, "connect_rate", lower_better=False)
-    row(f"hold {hold_n}: server RSS per subscriber", "bytes", res, "bytes_per_sub")
-
-    for n in fan_sizes:
-        print(f"fanout {n}", flush=True)
-        res = {k: [run_fanout(k, n, msgs, interval) for _ in range(a.runs)]
-               for k in kinds if k != "fastcgi" or n in fcgi_fan}
-        row(f"fan-out {n}: time to last, median", "ms", {k: [dict(v, x=v["last_median_us"] / 1000) for v in vs] for k, vs in res.items()}, "x", "{:.1f}")
-        row(f"fan-out {n}: time to last, p99", "ms", {k: [dict(v, x=v["last_p99_us"] / 1000) for v in vs] for k, vs in res.items()}, "x", "{:.1f}")
-        row(f"fan-out {n}: delivery latency p50", "ms", {k: [dict(v, x=v["p50_us"] / 1000) for v in vs] for k, vs in res.items()}, "x", "{:.1f}")
-        row(f"fan-out {n}: delivery latency p99", "ms", {k: [dict(v, x=v["p99_us"] / 1000) for v in vs] for k, vs in res.items()}, "x", "{:.1f}")
-        row(f"fan-out {n}: server CPU per delivery", "µs", res, "cpu_per_delivery_us", "{:.2f}")
-        bad = {k: [dict(v, x=v["lost"] + v["duplicates"] + v["reordered"] + (v["expected"] - v["received"])) for v in vs] for k, vs in res.items()}
-        row(f"fan-out {n}: lost + duplicated + reordered", "count", bad, "x")
-
-    print("throughput", flush=True)
-    res = {k: [run_throughput(k, thr_subs, thr_msgs) for _ in range(a.runs)] for k in kinds}
-    row(f"throughput {thr_subs} mailboxes × {thr_msgs // thr_subs}", "delivered msg/s", res, "delivered_per_sec", lower_better=False)
-    row("throughput: lost + duplicated + reordered", "count", {k: [dict(v, x=v["lost"] + v["duplicates"] + v["reordered"]) for v in vs] for k, vs in res.items()}, "x")
-    res = {"direct": [run_pipeline() for _ in range(a.runs)]}
-    row("control socket: pipelined SENDs accepted", "commands/s", res, "rate", lower_better=False)
+    wanted = set(a.only or ["hold", "fanout", "throughput", "pipeline"])
+    if "hold" in wanted:
+        hold_rows(a, kinds, hold_n, fcgi_hold, row)
+    if "fanout" in wanted:
+        fanout_rows(a, kinds, fan_sizes, fcgi_fan, msgs, interval, row)
+    if "throughput" in wanted:
+        print("throughput", flush=True)
+        res = {k: [run_throughput(k, thr_subs, thr_msgs) for _ in range(a.runs)] for k in kinds}
+        row(f"throughput {thr_subs} mailboxes × {thr_msgs // thr_subs}", "delivered msg/s", res, "delivered_per_sec")
+        row("throughput: lost + duplicated + reordered", "count",
+            {k: [dict(v, x=v["lost"] + v["duplicates"] + v["reordered"]) for v in vs] for k, vs in res.items()}, "x")
+    if "pipeline" in wanted:
+        res = {"direct": [run_pipeline() for _ in range(a.runs)]}
+        row("control socket: pipelined SENDs accepted", "commands/s", res, "rate")
 
     print()
     print("| measure | mailboxd direct | mailboxd via nginx FastCGI | nginx + Nchan (1 worker) | direct / Nchan |")
     print("|---|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+
+def hold_rows(a, kinds, hold_n, fcgi_hold, row):
+    print(f"hold {hold_n}", flush=True)
+    res = {k: [run_hold(k, fcgi_hold if k == "fastcgi" else hold_n) for _ in range(a.runs)] for k in kinds}
+    row(f"hold {hold_n}: connected", "of N; FastCGI: N=" + str(fcgi_hold), res, "connected")
+    row(f"hold {hold_n}: failures", "count", res, "failed")
+    row(f"hold {hold_n}: connect rate", "conn/s", res, "connect_rate")
+    row(f"hold {hold_n}: server RSS per subscriber", "bytes", res, "bytes_per_sub")
+
+
+def fanout_rows(a, kinds, fan_sizes, fcgi_fan, msgs, interval, row):
+    for n in fan_sizes:
+        print(f"fanout {n}", flush=True)
+        res = {k: [run_fanout(k, n, msgs, interval) for _ in range(a.runs)]
+               for k in kinds if k != "fastcgi" or n in fcgi_fan}
+
+        def ms(key):
+            return {k: [dict(v, x=v[key] / 1000) for v in vs] for k, vs in res.items()}
+
+        row(f"fan-out {n}: time to last, median", "ms", ms("last_median_us"), "x", "{:.1f}")
+        row(f"fan-out {n}: time to last, p99", "ms", ms("last_p99_us"), "x", "{:.1f}")
+        row(f"fan-out {n}: delivery latency p50", "ms", ms("p50_us"), "x", "{:.1f}")
+        row(f"fan-out {n}: delivery latency p99", "ms", ms("p99_us"), "x", "{:.1f}")
+        row(f"fan-out {n}: server CPU per delivery", "µs", res, "cpu_per_delivery_us", "{:.2f}")
+        bad = {k: [dict(v, x=v["lost"] + v["duplicates"] + v["reordered"] + (v["expected"] - v["received"]))
+                   for v in vs] for k, vs in res.items()}
+        row(f"fan-out {n}: lost + duplicated + reordered", "count", bad, "x")
 
 
 if __name__ == "__main__":

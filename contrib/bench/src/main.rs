@@ -49,7 +49,9 @@ impl Args {
         let mut map = HashMap::new();
         let mut it = raw.iter();
         while let Some(k) = it.next() {
-            let Some(key) = k.strip_prefix("--") else { usage() };
+            let Some(key) = k.strip_prefix("--") else {
+                usage()
+            };
             let Some(v) = it.next() else { usage() };
             map.insert(key.to_string(), v.clone());
         }
@@ -68,13 +70,17 @@ impl Args {
     }
 
     fn num(&self, k: &str, default: u64) -> u64 {
-        self.0.get(k).map_or(default, |v| v.parse().unwrap_or_else(|_| usage()))
+        self.0
+            .get(k)
+            .map_or(default, |v| v.parse().unwrap_or_else(|_| usage()))
     }
 }
 
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    let Some((cmd, rest)) = raw.split_first() else { usage() };
+    let Some((cmd, rest)) = raw.split_first() else {
+        usage()
+    };
     let args = Args::parse(rest);
     match cmd.as_str() {
         "pipeline" => pipeline(&args),
@@ -88,7 +94,10 @@ fn main() {
 
 /// Nanoseconds since the epoch: publisher and subscribers share the machine's clock.
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 /// Pipelined SENDs: a writer thread streams requests, this thread counts replies.
@@ -99,20 +108,31 @@ fn pipeline(args: &Args) {
     let size = args.num("size", 32) as usize;
     let payload = "x".repeat(size);
     let start = Instant::now();
-    let errors = send_pipelined(&path, count, move |i| (format!("p{}", i % mailboxes), payload.clone()));
+    let errors = send_pipelined(&path, count, move |i| {
+        (format!("p{}", i % mailboxes), payload.clone())
+    });
     let secs = start.elapsed().as_secs_f64();
-    println!("pipeline sends={count} errors={errors} secs={secs:.3} rate={:.0}", count as f64 / secs);
+    println!(
+        "pipeline sends={count} errors={errors} secs={secs:.3} rate={:.0}",
+        count as f64 / secs
+    );
 }
 
 /// Sends `count` pipelined SENDs (`make(i)` gives mailbox and payload); returns ERR replies.
-fn send_pipelined(path: &str, count: usize, make: impl Fn(usize) -> (String, String) + Send + 'static) -> usize {
+fn send_pipelined(
+    path: &str,
+    count: usize,
+    make: impl Fn(usize) -> (String, String) + Send + 'static,
+) -> usize {
     let stream = UnixStream::connect(path).expect("connect control socket");
     let mut writer = stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
         let mut batch = Vec::with_capacity(1 << 20);
         for i in 0..count {
             let (mailbox, payload) = make(i);
-            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
+            batch.extend_from_slice(
+                format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes(),
+            );
             if batch.len() > (1 << 20) - 512 {
                 writer.write_all(&batch).unwrap();
                 batch.clear();
@@ -142,11 +162,17 @@ fn hold(args: &Args) {
     let n = args.num("n", 1000) as usize;
     let timeout = Duration::from_secs(args.num("timeout", 60));
     let start = Instant::now();
-    let paths: Vec<String> = (0..n).map(|i| format!("{prefix}{}", first + i as u64)).collect();
+    let paths: Vec<String> = (0..n)
+        .map(|i| format!("{prefix}{}", first + i as u64))
+        .collect();
     let mut conns = sse::connect_all(addr, &paths, Target::Mailboxd, timeout);
     let connected = conns.iter().filter(|c| c.is_open()).count();
     let secs = start.elapsed().as_secs_f64();
-    println!("hold connected={connected} failed={} secs={secs:.3} rate={:.0}", n - connected, connected as f64 / secs);
+    println!(
+        "hold connected={connected} failed={} secs={secs:.3} rate={:.0}",
+        n - connected,
+        connected as f64 / secs
+    );
     println!("ready");
     io::stdout().flush().unwrap();
     let mut sink = Vec::new();
@@ -162,7 +188,11 @@ fn subscribe(args: &Args) {
     let addr: SocketAddr = args.str("addr").parse().expect("--addr");
     let target = Target::parse(&args.str("target"));
     let prefix = args.str("prefix");
-    let names: Vec<String> = args.str("names").split(',').map(|s| s.to_string()).collect();
+    let names: Vec<String> = args
+        .str("names")
+        .split(',')
+        .map(|s| s.to_string())
+        .collect();
     let expect = args.num("expect", 1) as usize;
     let timeout = Duration::from_secs(args.num("timeout", 120));
     let lat_file = args.opt("latencies");
@@ -179,7 +209,11 @@ fn subscribe(args: &Args) {
         }
         std::fs::write(path, bytes).unwrap();
     }
-    let seq_max: Vec<String> = stats.seq_max_us.iter().map(|(s, l)| format!("{s}:{l}")).collect();
+    let seq_max: Vec<String> = stats
+        .seq_max_us
+        .iter()
+        .map(|(s, l)| format!("{s}:{l}"))
+        .collect();
     println!(
         "result received={} lost={} duplicates={} reordered={} closed={} first_ns={} last_ns={} seqmax={}",
         stats.received,
@@ -194,16 +228,32 @@ fn subscribe(args: &Args) {
 }
 
 /// Spawns `procs` subscriber processes over `names`; waits until all are connected.
-fn spawn_subscribers(args: &Args, names: &[String], expect: usize, tmp: &str) -> Vec<(Child, BufReader<std::process::ChildStdout>)> {
+fn spawn_subscribers(
+    args: &Args,
+    names: &[String],
+    expect: usize,
+    tmp: &str,
+) -> Vec<(Child, BufReader<std::process::ChildStdout>)> {
     let procs = args.num("procs", 2).max(1) as usize;
     let per = names.len().div_ceil(procs);
     let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
     for (i, chunk) in names.chunks(per).enumerate() {
         let mut child = Command::new(&exe)
-            .args(["subscribe", "--addr", &args.str("addr"), "--target", &args.str("target")])
+            .args([
+                "subscribe",
+                "--addr",
+                &args.str("addr"),
+                "--target",
+                &args.str("target"),
+            ])
             .args(["--prefix", &args.str("prefix"), "--names", &chunk.join(",")])
-            .args(["--expect", &expect.to_string(), "--timeout", &args.num("timeout", 120).to_string()])
+            .args([
+                "--expect",
+                &expect.to_string(),
+                "--timeout",
+                &args.num("timeout", 120).to_string(),
+            ])
             .args(["--latencies", &format!("{tmp}/lat{i}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -216,10 +266,18 @@ fn spawn_subscribers(args: &Args, names: &[String], expect: usize, tmp: &str) ->
     for (_, out) in children.iter_mut() {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
-        let f: usize = line.trim().strip_prefix("ready failed=").unwrap_or_else(|| panic!("child said {line:?}")).parse().unwrap();
+        let f: usize = line
+            .trim()
+            .strip_prefix("ready failed=")
+            .unwrap_or_else(|| panic!("child said {line:?}"))
+            .parse()
+            .unwrap();
         failed += f;
     }
-    println!("subscribers connected={} failed={failed}", names.len() - failed);
+    println!(
+        "subscribers connected={} failed={failed}",
+        names.len() - failed
+    );
     children
 }
 
@@ -238,12 +296,20 @@ struct Merged {
 }
 
 fn collect(children: Vec<(Child, BufReader<std::process::ChildStdout>)>, tmp: &str) -> Merged {
-    let mut m = Merged { first_ns: u64::MAX, ..Merged::default() };
+    let mut m = Merged {
+        first_ns: u64::MAX,
+        ..Merged::default()
+    };
     for (i, (mut child, mut out)) in children.into_iter().enumerate() {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         child.wait().unwrap();
-        for field in line.trim().strip_prefix("result ").expect("result line").split(' ') {
+        for field in line
+            .trim()
+            .strip_prefix("result ")
+            .expect("result line")
+            .split(' ')
+        {
             let (k, v) = field.split_once('=').unwrap();
             match k {
                 "received" => m.received += v.parse::<u64>().unwrap(),
@@ -264,7 +330,11 @@ fn collect(children: Vec<(Child, BufReader<std::process::ChildStdout>)>, tmp: &s
             }
         }
         let bytes = std::fs::read(format!("{tmp}/lat{i}")).unwrap_or_default();
-        m.latencies.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())));
+        m.latencies.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap())),
+        );
     }
     m.latencies.sort_unstable();
     m
@@ -291,7 +361,12 @@ fn cpu_ns(pids: &[u32]) -> u64 {
 
 fn server_pids(args: &Args) -> Vec<u32> {
     args.opt("server-pids")
-        .map(|s| s.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect())
+        .map(|s| {
+            s.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse().unwrap())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -321,7 +396,10 @@ impl HttpPublisher {
     fn connect(addr: &str) -> HttpPublisher {
         let s = StdTcpStream::connect(addr).expect("connect publisher");
         s.set_nodelay(true).unwrap();
-        HttpPublisher { stream: BufReader::new(s), addr: addr.to_string() }
+        HttpPublisher {
+            stream: BufReader::new(s),
+            addr: addr.to_string(),
+        }
     }
 
     /// POSTs `body` to `path` and waits for the response (status must be 2xx).
@@ -404,7 +482,8 @@ fn fanout(args: &Args) {
         match (&mut publisher, &mut control) {
             (Some(p), _) => p.post(&format!("{}room", args.str("pub-prefix")), &body),
             (_, Some((w, r))) => {
-                w.write_all(format!("PUBLISH room {}\n{body}\n", body.len()).as_bytes()).unwrap();
+                w.write_all(format!("PUBLISH room {}\n{body}\n", body.len()).as_bytes())
+                    .unwrap();
                 let mut reply = String::new();
                 r.read_line(&mut reply).unwrap();
                 assert!(reply.starts_with("OK"), "{reply}");
@@ -459,7 +538,10 @@ fn throughput(args: &Args) {
         Target::Mailboxd => {
             // Message i goes to mailbox i % subs, so each gets seq 1..=per in order.
             let errors = send_pipelined(&args.str("control"), msgs, move |i| {
-                (format!("t{}", i % subs), payload((i / subs) as u64 + 1, size))
+                (
+                    format!("t{}", i % subs),
+                    payload((i / subs) as u64 + 1, size),
+                )
             });
             assert_eq!(errors, 0, "control errors");
         }
@@ -475,7 +557,8 @@ fn throughput(args: &Args) {
                         let mut publisher = HttpPublisher::connect(&addr);
                         for seq in 1..=per {
                             for ch in (p..subs).step_by(publishers) {
-                                publisher.post(&format!("{prefix}t{ch}"), &payload(seq as u64, size));
+                                publisher
+                                    .post(&format!("{prefix}t{ch}"), &payload(seq as u64, size));
                             }
                         }
                     })

@@ -91,7 +91,10 @@ impl Pool {
 pub fn connect_all(addr: SocketAddr, paths: &[String], target: Target, timeout: Duration) -> Pool {
     let _ = target;
     let poll = Poll::new().unwrap();
-    let mut pool = Pool { poll, conns: Vec::with_capacity(paths.len()) };
+    let mut pool = Pool {
+        poll,
+        conns: Vec::with_capacity(paths.len()),
+    };
     let start = Instant::now();
     let wave = 256;
     let mut opened = 0;
@@ -118,7 +121,14 @@ pub fn connect_all(addr: SocketAddr, paths: &[String], target: Target, timeout: 
             match TcpStream::connect(addr) {
                 Ok(mut s) => {
                     let _ = s.set_nodelay(true);
-                    pool.poll.registry().register(&mut s, Token(opened), Interest::READABLE | Interest::WRITABLE).unwrap();
+                    pool.poll
+                        .registry()
+                        .register(
+                            &mut s,
+                            Token(opened),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .unwrap();
                     conn.stream = Some(s);
                 }
                 Err(_) => settled += 1,
@@ -126,7 +136,9 @@ pub fn connect_all(addr: SocketAddr, paths: &[String], target: Target, timeout: 
             pool.conns.push(conn);
             opened += 1;
         }
-        pool.poll.poll(&mut events, Some(Duration::from_millis(50))).unwrap();
+        pool.poll
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
         for ev in events.iter() {
             let i = ev.token().0;
             let conn = &mut pool.conns[i];
@@ -180,7 +192,9 @@ pub fn connect_all(addr: SocketAddr, paths: &[String], target: Target, timeout: 
 
 /// Reads what is available into `conn.raw`; `Err` on EOF or error.
 fn read_some(conn: &mut Conn) -> Result<(), ()> {
-    let Some(stream) = conn.stream.as_mut() else { return Err(()) };
+    let Some(stream) = conn.stream.as_mut() else {
+        return Err(());
+    };
     let mut buf = [0u8; 16384];
     loop {
         match stream.read(&mut buf) {
@@ -204,9 +218,12 @@ fn dechunk(conn: &mut Conn) {
         match conn.chunking {
             Chunking::Off => unreachable!(),
             Chunking::Size => {
-                let Some(nl) = conn.raw[at..].windows(2).position(|w| w == b"\r\n") else { break };
+                let Some(nl) = conn.raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                    break;
+                };
                 let line = std::str::from_utf8(&conn.raw[at..at + nl]).unwrap_or("0");
-                let size = usize::from_str_radix(line.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("0").trim(), 16)
+                    .unwrap_or(0);
                 at += nl + 2;
                 conn.chunking = Chunking::Data(size);
             }
@@ -240,14 +257,25 @@ fn parse_events(conn: &mut Conn, stats: &mut Stats, now: u64) {
     while let Some(end) = conn.body[at..].windows(2).position(|w| w == b"\n\n") {
         let block = &conn.body[at..at + end];
         at += end + 2;
-        let Some(data) = block.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"data: ")) else { continue };
+        let Some(data) = block
+            .split(|&b| b == b'\n')
+            .find_map(|l| l.strip_prefix(b"data: "))
+        else {
+            continue;
+        };
         let mut fields = data.split(|&b| b == b' ');
-        let (Some(seq), Some(ts)) = (fields.next(), fields.next()) else { continue };
-        let (Some(seq), Some(ts)) = (parse_u64(seq), parse_u64(ts)) else { continue };
+        let (Some(seq), Some(ts)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let (Some(seq), Some(ts)) = (parse_u64(seq), parse_u64(ts)) else {
+            continue;
+        };
         let latency_us = now.saturating_sub(ts) / 1000;
         stats.received += 1;
         conn.count += 1;
-        stats.latencies_us.push(latency_us.min(u32::MAX as u64) as u32);
+        stats
+            .latencies_us
+            .push(latency_us.min(u32::MAX as u64) as u32);
         let e = stats.seq_max_us.entry(seq).or_default();
         *e = (*e).max(latency_us);
         if stats.first_ns == 0 {
@@ -285,7 +313,9 @@ pub fn receive_until(pool: &mut Pool, expect: usize, timeout: Duration) -> Stats
         }
     }
     while pending > 0 && start.elapsed() < timeout {
-        pool.poll.poll(&mut events, Some(Duration::from_millis(100))).unwrap();
+        pool.poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
         let now = now_ns();
         for ev in events.iter() {
             let conn = &mut pool.conns[ev.token().0];
