@@ -537,6 +537,28 @@ impl Conns {
         }
     }
 
+    /// Checks a connection that just had output queued: past `max_output` it
+    /// is closed as a slow client, else it goes on the flush list. Returns
+    /// false when it was closed.
+    pub fn commit_output(&mut self, key: usize, max_output: usize) -> bool {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return false;
+        };
+        if conn.out.len() <= max_output {
+            self.schedule_flush(key);
+            return true;
+        }
+        log::warn!(
+            "conn={key} {} output over max-output ({} bytes queued): closing slow client",
+            conn.proto.name(),
+            conn.out.len()
+        );
+        conn.out.clear();
+        self.counters.slow_closed += 1;
+        self.close(key, Close::Now);
+        false
+    }
+
     /// Hands one message to one subscriber (the store's delivery callback).
     pub fn deliver(&mut self, sub: SubscriberId, msg: &Message, max_output: usize) -> Outcome {
         let (key, rid) = split_sub(sub);
@@ -556,23 +578,14 @@ impl Conns {
         }
         ex.transport.message(msg, &mut self.scratch);
         conn.push_body(rid, &mut self.scratch);
-        if conn.out.len() > max_output {
-            if let Some(ex) = conn.exchange_mut(rid) {
+        if !self.commit_output(key, max_output) {
+            // The store detaches it; the client resumes from retained messages.
+            if let Some(ex) = self.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) {
                 ex.subscribed = false;
             }
-            log::warn!(
-                "conn={} {} output over max-output ({} bytes queued): closing slow client",
-                key,
-                conn.proto.name(),
-                conn.out.len()
-            );
-            conn.out.clear();
-            self.counters.slow_closed += 1;
-            self.close(key, Close::Now);
             return Outcome::Failed;
         }
         self.counters.written += 1;
-        self.schedule_flush(key);
         Outcome::Keep
     }
 }

@@ -137,7 +137,7 @@ impl Server {
                             HttpStatus::BadRequest,
                             "request headers larger than 32 KiB",
                         );
-                        self.fcgi_start(key, rid, Err(rejection), now);
+                        self.start_routed(key, rid, Err(rejection), now);
                     } else {
                         params.extend_from_slice(record.content);
                     }
@@ -153,7 +153,7 @@ impl Server {
                     }
                     Err(e) => return self.fcgi_malformed(key, &e.to_string()),
                 };
-                self.fcgi_start(key, rid, routed, now);
+                self.start_routed(key, rid, routed, now);
             }
             fcgi::STDIN | fcgi::DATA => {}
             fcgi::ABORT_REQUEST => {
@@ -184,26 +184,6 @@ impl Server {
                 conn.out.push_bytes(&fcgi::unknown_type(other));
                 self.conns.schedule_flush(key);
             }
-        }
-    }
-
-    fn fcgi_start(
-        &mut self,
-        key: usize,
-        rid: u16,
-        routed: Result<crate::request::Route, Rejection>,
-        now: Instant,
-    ) {
-        let started = match routed {
-            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, rid, route, now),
-            Ok(_) => Err(Rejection::new(
-                HttpStatus::ServiceUnavailable,
-                "shutting down",
-            )),
-            Err(rejection) => Err(rejection),
-        };
-        if let Err(rejection) = started {
-            self.reject(key, rid, rejection, now);
         }
     }
 

@@ -62,17 +62,7 @@ impl Server {
                 h.inbuf = Vec::new();
             }
             h.keep_alive = keep_alive;
-            let started = match routed {
-                Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
-                Ok(_) => Err(Rejection::new(
-                    HttpStatus::ServiceUnavailable,
-                    "shutting down",
-                )),
-                Err(rejection) => Err(rejection),
-            };
-            if let Err(rejection) = started {
-                self.reject(key, 0, rejection, now);
-            }
+            self.start_routed(key, 0, routed, now);
         }
     }
 }

@@ -47,6 +47,28 @@ impl Server {
         true
     }
 
+    /// Starts the exchange of a routed request, or answers its rejection
+    /// (also 503 while shutting down); the same for every gateway.
+    pub(crate) fn start_routed(
+        &mut self,
+        key: usize,
+        rid: u16,
+        routed: Result<Route, Rejection>,
+        now: Instant,
+    ) {
+        let started = match routed {
+            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, rid, route, now),
+            Ok(_) => Err(Rejection::new(
+                HttpStatus::ServiceUnavailable,
+                "shutting down",
+            )),
+            Err(rejection) => Err(rejection),
+        };
+        if let Err(rejection) = started {
+            self.reject(key, rid, rejection, now);
+        }
+    }
+
     /// Answers a refused request with a short text body and closes after it.
     pub(crate) fn reject(&mut self, key: usize, rid: u16, rejection: Rejection, now: Instant) {
         let Some(conn) = self.conns.slab.get_mut(key) else {
@@ -185,16 +207,7 @@ impl Server {
         self.timers.insert(ex.deadline, key, rid as u32);
         self.conns.scratch.extend(transport.heartbeat());
         conn.push_body(rid, &mut self.conns.scratch);
-        if conn.out.len() > self.config.max_output {
-            log::warn!(
-                "conn={key} {} output over max-output at heartbeat: closing slow client",
-                conn.proto.name()
-            );
-            self.conns.counters.slow_closed += 1;
-            self.conns.close(key, Close::Now);
-        } else {
-            self.conns.schedule_flush(key);
-        }
+        self.conns.commit_output(key, self.config.max_output);
     }
 
     /// Answers every long-poll that a delivery or a `DROP` woke this turn.

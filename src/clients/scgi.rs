@@ -61,18 +61,9 @@ impl Server {
                 return;
             }
         };
-        // Parked connections hold no input buffer.
+        // The head's buffer was taken above, so a parked connection holds none;
+        // the exchange (or the rejection) replaces this phase.
         s.phase = ScgiPhase::Done;
-        let started = match routed {
-            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, 0, route, now),
-            Ok(_) => Err(Rejection::new(
-                HttpStatus::ServiceUnavailable,
-                "shutting down",
-            )),
-            Err(rejection) => Err(rejection),
-        };
-        if let Err(rejection) = started {
-            self.reject(key, 0, rejection, now);
-        }
+        self.start_routed(key, 0, routed, now);
     }
 }
