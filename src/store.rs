@@ -618,6 +618,17 @@ impl MemoryStore {
         mailbox.idle_gen = generation;
         self.expiry
             .push(Reverse((now + self.limits.mailbox_ttl, key, generation)));
+        // Clients that come and go leave stale entries behind until their TTL
+        // passes; past twice the live mailboxes, rebuild from the live ones so
+        // the heap stays bounded by the store, not by the reconnect rate.
+        if self.expiry.len() > 2 * self.mailboxes.len() + 1024 {
+            let ttl = self.limits.mailbox_ttl;
+            self.expiry = self
+                .mailboxes
+                .iter()
+                .filter_map(|(k, m)| m.idle_since.map(|t| Reverse((t + ttl, k, m.idle_gen))))
+                .collect();
+        }
     }
 
     fn bump_gen(&mut self) -> u64 {
@@ -841,6 +852,23 @@ mod tests {
         assert_eq!(s.expire(t1 + ttl), 1);
         assert_eq!(s.stats().groups, 0);
         assert_eq!(s.stats().mailboxes, 0);
+    }
+
+    #[test]
+    fn expiry_heap_stays_bounded_under_churn() {
+        let t0 = Instant::now();
+        let mut s = MemoryStore::new(limits(), 1);
+        let r = s.open("a", t0).unwrap();
+        for i in 0..10_000 {
+            s.subscribe(r, SubscriberId(i)).unwrap();
+            s.unsubscribe(r, SubscriberId(i), t0);
+        }
+        assert!(s.expiry.len() <= 2 * 1 + 1024 + 1, "{}", s.expiry.len());
+        assert_eq!(
+            s.expire(t0 + limits().mailbox_ttl),
+            1,
+            "the live entry survived the rebuild"
+        );
     }
 
     #[test]
