@@ -317,9 +317,8 @@ impl MemoryStore {
     }
 }
 
+// The contract of each method is documented on the trait.
 impl MailboxStore for MemoryStore {
-    /// Delivers one message to a mailbox, creating it if needed.
-    /// Returns the message id and how many subscribers it was written to.
     fn send(
         &mut self,
         name: &str,
@@ -332,8 +331,6 @@ impl MailboxStore for MemoryStore {
         Ok((id, live))
     }
 
-    /// Delivers one payload to every member of `group` not named in `except`,
-    /// each member getting its own id. Returns (mailboxes delivered to, live writes).
     fn publish(
         &mut self,
         group: &str,
@@ -364,7 +361,6 @@ impl MailboxStore for MemoryStore {
         (delivered, live)
     }
 
-    /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
     fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
         let missing = names
             .iter()
@@ -404,7 +400,6 @@ impl MailboxStore for MemoryStore {
         Ok(self.groups[gkey].members.len())
     }
 
-    /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
     fn leave(&mut self, group: &str, names: &[&str]) -> usize {
         let Some(&gkey) = self.group_index.get(group) else {
             return 0;
@@ -421,7 +416,6 @@ impl MailboxStore for MemoryStore {
         self.groups.get(gkey).map_or(0, |g| g.members.len())
     }
 
-    /// The members of a group, in no particular order (empty for an unknown group).
     fn members(&self, group: &str) -> Vec<&str> {
         self.group_index.get(group).map_or_else(Vec::new, |&g| {
             self.groups[g]
@@ -432,13 +426,11 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    /// Removes a mailbox at once; returns the subscribers whose requests must end.
     fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError> {
         let key = *self.mailbox_index.get(name).ok_or(StoreError::NotFound)?;
         Ok(self.remove(key))
     }
 
-    /// Facts about one mailbox.
     fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
         let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
         Some(MailboxInfo {
@@ -452,7 +444,6 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    /// Finds or creates a mailbox for a client that is opening it.
     fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
         let key = self.get_or_create(name, now)?;
         Ok(MailboxRef {
@@ -461,8 +452,6 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    /// What a client resuming after `resume` (or from the start, for `None`) must be sent.
-    /// `None` when the mailbox is gone.
     fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>> {
         let mb = self.get(mailbox)?;
         let (gap, start) = match resume {
@@ -480,7 +469,6 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    /// Registers a subscriber on an opened mailbox.
     fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError> {
         let max = self.limits.max_subscribers;
         let mb = self.get_mut(mailbox).ok_or(StoreError::NotFound)?;
@@ -494,7 +482,6 @@ impl MailboxStore for MemoryStore {
         Ok(())
     }
 
-    /// Removes a subscriber; harmless if it is no longer there.
     fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
         let Some(mb) = self.get_mut(mailbox) else {
             return;
@@ -507,7 +494,6 @@ impl MailboxStore for MemoryStore {
         self.go_idle_if_unwatched(mailbox.key, now);
     }
 
-    /// Removes every mailbox whose idle time has reached the TTL; returns how many.
     fn expire(&mut self, now: Instant) -> usize {
         let mut count = 0;
         while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
@@ -527,12 +513,10 @@ impl MailboxStore for MemoryStore {
         count
     }
 
-    /// The earliest instant at which [`Store::expire`] has work.
     fn next_deadline(&self) -> Option<Instant> {
         self.expiry.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    /// Totals for `STATS`.
     fn stats(&self) -> StoreStats {
         StoreStats {
             mailboxes: self.mailboxes.len(),
