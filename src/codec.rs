@@ -9,3 +9,27 @@ pub enum Status<T> {
     /// More bytes are needed.
     Partial,
 }
+
+/// Deterministic pseudo-random inputs for the codecs' never-panic tests:
+/// `count` buffers of up to `max_len` bytes drawn from `alphabet` (xorshift,
+/// so a failure reproduces exactly).
+#[cfg(test)]
+pub fn random_inputs(
+    mut seed: u64,
+    alphabet: &[u8],
+    max_len: u64,
+    count: usize,
+) -> impl Iterator<Item = Vec<u8>> {
+    let alphabet = alphabet.to_vec();
+    (0..count).map(move |_| {
+        let len = seed % (max_len + 1);
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                alphabet[(seed % alphabet.len() as u64) as usize]
+            })
+            .collect()
+    })
+}

@@ -509,6 +509,14 @@ impl Conns {
         Some((conn, &mut self.read_buf))
     }
 
+    /// The exchange `rid` of connection `key`, unless that connection is closing.
+    pub fn open_exchange(&mut self, key: usize, rid: u16) -> Option<&mut Exchange> {
+        self.slab
+            .get_mut(key)
+            .filter(|c| c.close == Close::No)?
+            .exchange_mut(rid)
+    }
+
     /// Puts a connection on the flush list (once).
     pub fn schedule_flush(&mut self, key: usize) {
         if let Some(conn) = self.slab.get_mut(key)

@@ -605,17 +605,8 @@ mod tests {
 
     #[test]
     fn random_input_never_panics() {
-        let mut seed = 0x2545F4914F6CDD1Du64;
-        for _ in 0..20000 {
-            let len = (seed % 40) as usize;
-            let mut buf = Vec::with_capacity(len);
-            for _ in 0..len {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let alphabet = b"SEND PUBLISH 0123456789\n\r ae=,";
-                buf.push(alphabet[(seed % alphabet.len() as u64) as usize]);
-            }
+        let alphabet = b"SEND PUBLISH 0123456789\n\r ae=,";
+        for buf in crate::codec::random_inputs(0x2545F4914F6CDD1D, alphabet, 40, 20000) {
             if let Ok(Status::Complete((Frame::Request { line, payload }, used))) =
                 parse_frame(&buf, MAX)
             {

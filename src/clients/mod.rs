@@ -186,13 +186,7 @@ impl Server {
 
     /// A heartbeat or a long-poll hold came due.
     pub(crate) fn exchange_timer(&mut self, key: usize, rid: u16, at: Instant, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
-            return;
-        };
-        if conn.close != Close::No {
-            return;
-        }
-        let Some(ex) = conn.exchange_mut(rid) else {
+        let Some(ex) = self.conns.open_exchange(key, rid) else {
             return;
         };
         if ex.deadline != at {
@@ -206,7 +200,7 @@ impl Server {
         ex.deadline = now + self.config.heartbeat;
         self.timers.insert(ex.deadline, key, rid as u32);
         self.conns.scratch.extend(transport.heartbeat());
-        conn.push_body(rid, &mut self.conns.scratch);
+        self.conns.slab[key].push_body(rid, &mut self.conns.scratch);
         self.conns.commit_output(key, self.config.max_output);
     }
 
@@ -220,13 +214,7 @@ impl Server {
     /// Answers a held long-poll with what its mailbox has after `since`
     /// (nothing, on a timeout or after a `DROP`).
     pub(crate) fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
-        let Some(conn) = self.conns.slab.get_mut(key) else {
-            return;
-        };
-        if conn.close != Close::No {
-            return;
-        }
-        let Some(ex) = conn.exchange_mut(rid) else {
+        let Some(ex) = self.conns.open_exchange(key, rid) else {
             return;
         };
         if ex.transport != Transport::Poll {

@@ -364,19 +364,11 @@ mod tests {
 
     #[test]
     fn random_input_never_panics() {
-        let mut seed = 0xDEADBEEFCAFEF00Du64;
-        for _ in 0..20000 {
-            let mut buf = vec![];
-            for _ in 0..(seed % 48) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                buf.push(if seed.is_multiple_of(3) {
-                    1
-                } else {
-                    (seed >> 8) as u8 % 16
-                });
-            }
+        // Version byte 1 is common so that many inputs get past the header check.
+        let alphabet = [
+            1, 1, 1, 1, 1, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+        ];
+        for buf in crate::codec::random_inputs(0xDEADBEEFCAFEF00D, &alphabet, 48, 20000) {
             if let Ok(Status::Complete((rec, used))) = parse(&buf) {
                 assert!(used <= buf.len());
                 let _ = parse_pairs(rec.content);
