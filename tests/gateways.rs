@@ -166,14 +166,20 @@ fn suite(srv: &Mailboxd, port: u16, label: &str) -> Duration {
     delay
 }
 
-fn through_nginx(gateway: &str, unix: bool) {
-    let dir = TempDir::new("sock");
-    let sock = dir.path().join(format!("{gateway}.sock"));
+/// mailboxd's listener address for a test: a socket path in `dir`, or a free TCP port.
+fn listen_addr(dir: &TempDir, unix: bool) -> (String, std::path::PathBuf) {
+    let sock = dir.path().join("gateway.sock");
     let addr = if unix {
         format!("unix:{}", sock.display())
     } else {
         "127.0.0.1:0".into()
     };
+    (addr, sock)
+}
+
+fn through_nginx(gateway: &str, unix: bool) {
+    let dir = TempDir::new("sock");
+    let (addr, _) = listen_addr(&dir, unix);
     let srv = mailboxd(gateway, &addr);
     let upstream = if unix {
         addr.clone()
@@ -189,12 +195,7 @@ fn through_nginx(gateway: &str, unix: bool) {
 fn through_lighttpd(file: &str, gateway: &str) {
     let dir = TempDir::new("sock");
     let unix = file.ends_with("-unix");
-    let sock = dir.path().join("fcgi.sock");
-    let addr = if unix {
-        format!("unix:{}", sock.display())
-    } else {
-        "127.0.0.1:0".into()
-    };
+    let (addr, sock) = listen_addr(&dir, unix);
     let srv = mailboxd(gateway, &addr);
     let upstream = if unix {
         sock.display().to_string()
