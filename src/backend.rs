@@ -32,7 +32,7 @@ impl Server {
             let Proto::Control(c) = &mut conn.proto else {
                 return;
             };
-            if c.paused || conn.close != Close::No {
+            if conn.paused || conn.close != Close::No {
                 return;
             }
             let end = match read_into(&mut conn.socket, &mut c.inbuf, limit, scratch) {
@@ -56,11 +56,8 @@ impl Server {
         }
     }
 
-    /// Continues a paused backend once its replies have drained.
+    /// Continues a backend whose replies have drained.
     pub(crate) fn control_resume(&mut self, key: usize, now: Instant) {
-        if let Some(Proto::Control(c)) = self.conns.slab.get_mut(key).map(|c| &mut c.proto) {
-            c.paused = false;
-        }
         self.control_process(key, now);
         self.control_readable(key, now);
     }
@@ -135,8 +132,8 @@ impl Server {
             input.drain(..consumed);
             c.inbuf = input;
             c.skip = skip;
-            c.paused = paused;
         }
+        conn.paused = paused;
         if !replies.is_empty() {
             conn.out.push_bytes(&replies);
             self.conns.schedule_flush(key);
@@ -160,7 +157,7 @@ impl Server {
                 let payload = Payload::new(event, data);
                 let (id, live) = store
                     .send(mailbox, &payload, now, &mut |sub, msg| {
-                        conns.deliver(sub, msg, max_output)
+                        conns.deliver(sub, msg, max_output, now)
                     })
                     .map_err(full)?;
                 Ok(Reply::Ok(format!("{id} {live}")))
@@ -174,7 +171,7 @@ impl Server {
                 let payload = Payload::new(event, data);
                 let (delivered, live) =
                     store.publish(group, &payload, &except, now, &mut |sub, msg| {
-                        conns.deliver(sub, msg, max_output)
+                        conns.deliver(sub, msg, max_output, now)
                     });
                 Ok(Reply::Ok(format!("{delivered} {live}")))
             }

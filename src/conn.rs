@@ -26,6 +26,8 @@ use crate::message::Message;
 use crate::outbuf::{Chunk, OutQueue};
 use crate::request::Head;
 use crate::store::{MailboxRef, Outcome, SubscriberId};
+use crate::throttle::Warnings;
+use crate::timer::TimerId;
 use crate::transport::Transport;
 
 /// A connected stream socket, TCP or Unix.
@@ -173,8 +175,8 @@ pub struct Exchange {
     pub since: u64,
     /// Whether the store still lists it as a subscriber.
     pub subscribed: bool,
-    /// Next heartbeat (streams) or end of the hold (long-poll).
-    pub deadline: Instant,
+    /// The next heartbeat (streams) or the end of the hold (long-poll).
+    pub timer: TimerId,
 }
 
 /// The state of a control connection.
@@ -184,18 +186,14 @@ pub struct ControlState {
     pub inbuf: Vec<u8>,
     /// Payload bytes of an oversize request still to discard.
     pub skip: usize,
-    /// Input processing stopped until replies drain.
-    pub paused: bool,
 }
 
 /// Where an HTTP client connection is in its life.
 #[derive(Debug)]
 pub enum HttpPhase {
-    /// Reading a request head; closed if it is not complete by the deadline.
-    Head {
-        /// When the head must be complete.
-        deadline: Instant,
-    },
+    /// Reading a request head; closed if it is not complete by the
+    /// connection's deadline.
+    Head,
     /// Parked on a mailbox.
     Active(Exchange),
 }
@@ -214,11 +212,8 @@ pub struct HttpState {
 /// Where an SCGI connection is in its life (one request per connection).
 #[derive(Debug)]
 pub enum ScgiPhase {
-    /// Reading the header netstring, under a deadline.
-    Head {
-        /// When the head must be complete.
-        deadline: Instant,
-    },
+    /// Reading the header netstring, under the connection's deadline.
+    Head,
     /// Parked on a mailbox.
     Active(Exchange),
     /// The response is complete; waiting for output to drain.
@@ -237,8 +232,14 @@ pub struct ScgiState {
 /// Where one FastCGI request is in its life.
 #[derive(Debug)]
 pub enum FcgiPhase {
-    /// Collecting `PARAMS` until the empty record that ends them.
-    Params(Vec<u8>),
+    /// Collecting `PARAMS` until the empty record that ends them; the
+    /// request is cut if they are not complete by the deadline.
+    Params {
+        /// The parameter bytes so far.
+        params: Vec<u8>,
+        /// The head deadline of this request.
+        timer: TimerId,
+    },
     /// Parked on a mailbox.
     Active(Exchange),
 }
@@ -261,14 +262,31 @@ pub struct FcgiState {
     pub inbuf: Vec<u8>,
     /// Requests begun and not yet ended.
     pub requests: Vec<FcgiRequest>,
-    /// Until the first request begins, the connection must start one by then.
-    pub idle_deadline: Option<Instant>,
 }
 
 impl FcgiState {
     /// The request with id `rid`.
     pub fn request_mut(&mut self, rid: u16) -> Option<&mut FcgiRequest> {
         self.requests.iter_mut().find(|r| r.id == rid)
+    }
+
+    /// The head deadline of request `rid`, while its `PARAMS` are incomplete.
+    pub fn params_timer(&self, rid: u16) -> Option<TimerId> {
+        self.requests.iter().find_map(|r| match &r.phase {
+            FcgiPhase::Params { timer, .. } if r.id == rid => Some(*timer),
+            _ => None,
+        })
+    }
+
+    /// Bytes held for requests whose `PARAMS` are not complete yet.
+    pub fn params_bytes(&self) -> usize {
+        self.requests
+            .iter()
+            .map(|r| match &r.phase {
+                FcgiPhase::Params { params, .. } => params.capacity(),
+                FcgiPhase::Active(_) => 0,
+            })
+            .sum()
     }
 }
 
@@ -310,8 +328,15 @@ pub struct Conn {
     pub writable: bool,
     /// Whether the key is already in the flush list.
     pub pending: bool,
+    /// Input is left unread until queued output drains: a backend's replies
+    /// or a client's pipelined answers passed their high-water mark.
+    pub paused: bool,
     /// Closing state.
     pub close: Close,
+    /// The connection-level deadline in force: the head (HTTP, SCGI), idle
+    /// between requests (FastCGI), or draining a finished response; `NONE`
+    /// while requests are parked (they have deadlines of their own).
+    pub timer: TimerId,
 }
 
 impl Conn {
@@ -367,7 +392,7 @@ impl Conn {
                 .iter()
                 .filter_map(|r| match &r.phase {
                     FcgiPhase::Active(ex) => Some((r.id, ex)),
-                    FcgiPhase::Params(_) => None,
+                    FcgiPhase::Params { .. } => None,
                 })
                 .collect(),
             _ => Vec::new(),
@@ -419,13 +444,12 @@ impl Conn {
     /// Ends request `rid`'s response: HTTP goes back to reading heads after a
     /// sized answer on a keep-alive connection; FastCGI writes `END_REQUEST`
     /// and keeps the connection if the web server asked for it; everything
-    /// else closes once its output is written.
-    pub fn finish(&mut self, rid: u16, sized: bool, next_deadline: Instant) {
+    /// else closes once its output is written. Returns what the connection
+    /// waits for next, so the caller can arm the matching deadline.
+    pub fn finish(&mut self, rid: u16, sized: bool) -> Next {
         let keep = match &mut self.proto {
             Proto::Http(h) if sized && h.keep_alive => {
-                h.phase = HttpPhase::Head {
-                    deadline: next_deadline,
-                };
+                h.phase = HttpPhase::Head;
                 true
             }
             Proto::Http(h) => {
@@ -445,6 +469,9 @@ impl Conn {
                 };
                 self.out
                     .push(Chunk::copy(&fcgi::end_request(rid, fcgi::REQUEST_COMPLETE)));
+                if keep_conn && !f.requests.is_empty() {
+                    return Next::Requests;
+                }
                 keep_conn
             }
             Proto::Control(_) => false,
@@ -452,7 +479,25 @@ impl Conn {
         if !keep && self.close == Close::No {
             self.close = Close::AfterFlush;
         }
+        match (&self.proto, keep) {
+            (_, false) => Next::Drain,
+            (Proto::Fcgi(_), true) => Next::Idle,
+            _ => Next::Head,
+        }
     }
+}
+
+/// What a connection waits for once a response is finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Another request head (HTTP keep-alive).
+    Head,
+    /// Another request from a web server pooling the connection (FastCGI).
+    Idle,
+    /// Other requests still in progress on the connection (FastCGI).
+    Requests,
+    /// Nothing: output drains, then the connection closes.
+    Drain,
 }
 
 /// Splits a subscriber id into connection key and request id.
@@ -493,6 +538,8 @@ pub struct Conns {
     pub scratch: Vec<Chunk>,
     /// Counters.
     pub counters: ConnCounters,
+    /// Warnings a peer can trigger at will, rate-limited.
+    pub warnings: Warnings,
     /// Control connections open.
     pub control: usize,
     /// The one buffer every read goes through ([`READ_CHUNK`] bytes once allocated).
@@ -548,7 +595,7 @@ impl Conns {
     /// Checks a connection that just had output queued: past `max_output` it
     /// is closed as a slow client, else it goes on the flush list. Returns
     /// false when it was closed.
-    pub fn commit_output(&mut self, key: usize, max_output: usize) -> bool {
+    pub fn commit_output(&mut self, key: usize, max_output: usize, now: Instant) -> bool {
         let Some(conn) = self.slab.get_mut(key) else {
             return false;
         };
@@ -556,11 +603,10 @@ impl Conns {
             self.schedule_flush(key);
             return true;
         }
-        log::warn!(
-            "conn={key} {} output over max-output ({} bytes queued): closing slow client",
-            conn.proto.name(),
-            conn.out.len()
-        );
+        let (proto, queued) = (conn.proto.name(), conn.out.len());
+        self.warnings.slow_clients.note(now, || {
+            format!("conn={key} {proto} output over max-output ({queued} bytes queued): closing slow client")
+        });
         conn.out.clear();
         self.counters.slow_closed += 1;
         self.close(key, Close::Now);
@@ -568,7 +614,13 @@ impl Conns {
     }
 
     /// Hands one message to one subscriber (the store's delivery callback).
-    pub fn deliver(&mut self, sub: SubscriberId, msg: &Message, max_output: usize) -> Outcome {
+    pub fn deliver(
+        &mut self,
+        sub: SubscriberId,
+        msg: &Message,
+        max_output: usize,
+        now: Instant,
+    ) -> Outcome {
         let (key, rid) = split_sub(sub);
         let Some(conn) = self.slab.get_mut(key) else {
             return Outcome::Failed;
@@ -586,7 +638,7 @@ impl Conns {
         }
         ex.transport.message(msg, &mut self.scratch);
         conn.push_body(rid, &mut self.scratch);
-        if !self.commit_output(key, max_output) {
+        if !self.commit_output(key, max_output, now) {
             // The store detaches it; the client resumes from retained messages.
             if let Some(ex) = self.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) {
                 ex.subscribed = false;

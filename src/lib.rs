@@ -17,5 +17,6 @@ pub mod outbuf;
 pub mod request;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod timer;
 pub mod transport;

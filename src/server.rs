@@ -33,7 +33,7 @@ use crate::conn::{
 use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::store::{MailboxStore, MemoryStore};
-use crate::timer::{HEAD_SLOT, Timers};
+use crate::timer::{CONN_SLOT, TimerId, Timers};
 
 /// Token of the signal pipe.
 pub const SIGNAL: Token = Token(0);
@@ -196,6 +196,7 @@ impl Server {
         [
             self.timers.next_deadline(),
             self.store.next_deadline(),
+            self.conns.warnings.next_deadline(),
             self.shutdown,
         ]
         .into_iter()
@@ -262,7 +263,9 @@ impl Server {
             };
             if full {
                 self.conns.counters.refused += 1;
-                log::warn!("{} connection refused: limit reached", role.name());
+                self.conns.warnings.refused.note(now, || {
+                    format!("{} connection refused: limit reached", role.name())
+                });
                 if role == Role::Http {
                     // Best effort: a web-server gateway just sees the connection close.
                     let _ = socket.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\nmax-connections reached; retry.\r\n");
@@ -279,31 +282,32 @@ impl Server {
                 log::warn!("cannot register connection: {e}");
                 continue;
             }
-            let proto = match role {
+            let (proto, timer) = match role {
                 Role::Control => {
                     self.conns.control += 1;
-                    Proto::Control(ControlState::default())
+                    (Proto::Control(ControlState::default()), TimerId::NONE)
                 }
                 Role::Http | Role::Fcgi | Role::Scgi => {
                     self.clients += 1;
-                    let deadline = now + self.config.request_timeout;
-                    self.timers.insert(deadline, key, HEAD_SLOT);
-                    match role {
+                    let timer =
+                        self.timers
+                            .insert(now + self.config.request_timeout, key, CONN_SLOT);
+                    let proto = match role {
                         Role::Fcgi => Proto::Fcgi(FcgiState {
                             inbuf: Vec::new(),
                             requests: Vec::new(),
-                            idle_deadline: Some(deadline),
                         }),
                         Role::Scgi => Proto::Scgi(ScgiState {
                             inbuf: Vec::new(),
-                            phase: ScgiPhase::Head { deadline },
+                            phase: ScgiPhase::Head,
                         }),
                         _ => Proto::Http(HttpState {
                             inbuf: Vec::new(),
-                            phase: HttpPhase::Head { deadline },
+                            phase: HttpPhase::Head,
                             keep_alive: false,
                         }),
-                    }
+                    };
+                    (proto, timer)
                 }
             };
             entry.insert(Conn {
@@ -312,7 +316,9 @@ impl Server {
                 out: OutQueue::default(),
                 writable: false,
                 pending: false,
+                paused: false,
                 close: Close::No,
+                timer,
             });
             self.conns.counters.accepted += 1;
             log::debug!("conn={key} {} accepted", role.name());
@@ -321,35 +327,26 @@ impl Server {
 
     fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
-            if due.slot == HEAD_SLOT {
-                self.head_timeout(due.key, due.at);
+            if due.slot == CONN_SLOT {
+                self.conn_timeout(due.key, due.id);
             } else {
-                self.exchange_timer(due.key, due.slot as u16, due.at, now);
+                self.request_timer(due.key, due.slot as u16, due.id, now);
             }
         }
+        self.conns.warnings.flush(now);
         let expired = self.store.expire(now);
         if expired > 0 {
             log::debug!("expired {expired} idle mailboxes");
         }
     }
 
-    fn head_timeout(&mut self, key: usize, at: Instant) {
+    /// A connection-level deadline came due: the head was not complete, a
+    /// pooled FastCGI connection stayed idle, or finished output did not drain.
+    fn conn_timeout(&mut self, key: usize, id: TimerId) {
         let Some(conn) = self.conns.slab.get(key) else {
             return;
         };
-        let waiting_head = match &conn.proto {
-            Proto::Http(HttpState {
-                phase: HttpPhase::Head { deadline },
-                ..
-            }) => *deadline == at,
-            Proto::Scgi(ScgiState {
-                phase: ScgiPhase::Head { deadline },
-                ..
-            }) => *deadline == at,
-            Proto::Fcgi(f) => f.idle_deadline == Some(at),
-            _ => false,
-        };
-        if waiting_head || conn.close == Close::AfterFlush {
+        if conn.timer == id {
             log::debug!("conn={key} {} timed out", conn.proto.name());
             self.conns.close(key, Close::Now);
         }
@@ -376,8 +373,13 @@ impl Server {
                     }
                     if conn.close == Close::AfterFlush {
                         self.conns.close(key, Close::Now);
-                    } else if matches!(&conn.proto, Proto::Control(c) if c.paused) {
-                        self.control_resume(key, now);
+                    } else if conn.paused {
+                        conn.paused = false;
+                        if matches!(conn.proto, Proto::Control(_)) {
+                            self.control_resume(key, now);
+                        } else {
+                            self.client_readable(key, now);
+                        }
                     }
                 }
                 Ok(false) => {

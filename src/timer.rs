@@ -1,52 +1,69 @@
-//! Deadlines: heartbeats, long-poll holds and request-head timeouts.
+//! Deadlines: heartbeats, long-poll holds, request-head, idle and drain timeouts.
 //!
-//! One binary heap of `(when, connection key, slot)`. Entries are never
-//! removed early: when one fires, the owner compares it with the deadline it
-//! currently holds and ignores it if they differ. That keeps rescheduling
-//! O(log n) with no back-pointers, at the price of a few stale entries.
+//! One binary heap of `(when, id, connection key, slot)`. Every deadline gets
+//! a [`TimerId`] that is never reused, and its owner keeps the id of the one
+//! deadline it currently honours. Entries are never removed early: when one
+//! fires, the owner compares ids and ignores it if they differ. So a deadline
+//! left over from an earlier phase of a connection (a head timeout armed
+//! before a keep-alive request, a heartbeat of a finished stream) can never
+//! cut a later phase short, even when both fall on the same instant, and
+//! rescheduling stays O(log n) with no back-pointers.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// The slot of a connection-level deadline (reading the request head);
+/// The slot of a connection-level deadline (head, idle or drain);
 /// request-level deadlines use the request id (0..=65535).
-pub const HEAD_SLOT: u32 = 1 << 16;
+pub const CONN_SLOT: u32 = 1 << 16;
+
+/// Names one scheduled deadline; unique for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct TimerId(u64);
+
+impl TimerId {
+    /// No deadline: matches no fired entry.
+    pub const NONE: TimerId = TimerId(0);
+}
 
 /// A fired deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due {
-    /// The instant it was set for.
-    pub at: Instant,
+    /// Which deadline it was.
+    pub id: TimerId,
     /// The connection key.
     pub key: usize,
-    /// [`HEAD_SLOT`] or a request id.
+    /// [`CONN_SLOT`] or a request id.
     pub slot: u32,
 }
 
 /// Pending deadlines.
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    heap: BinaryHeap<Reverse<(Instant, TimerId, usize, u32)>>,
+    last: u64,
 }
 
 impl Timers {
-    /// Schedules a deadline.
-    pub fn insert(&mut self, at: Instant, key: usize, slot: u32) {
-        self.heap.push(Reverse((at, key, slot)));
+    /// Schedules a deadline and returns its id.
+    pub fn insert(&mut self, at: Instant, key: usize, slot: u32) -> TimerId {
+        self.last += 1;
+        let id = TimerId(self.last);
+        self.heap.push(Reverse((at, id, key, slot)));
+        id
     }
 
     /// The earliest pending deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.heap.peek().map(|Reverse((at, ..))| *at)
     }
 
     /// Removes and returns one deadline that is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
         match self.heap.peek() {
-            Some(Reverse((at, _, _))) if *at <= now => {
-                let Reverse((at, key, slot)) = self.heap.pop()?;
-                Some(Due { at, key, slot })
+            Some(Reverse((at, ..))) if *at <= now => {
+                let Reverse((_, id, key, slot)) = self.heap.pop()?;
+                Some(Due { id, key, slot })
             }
             _ => None,
         }
@@ -72,13 +89,25 @@ mod tests {
     fn fires_in_order_and_only_when_due() {
         let t = Instant::now();
         let mut timers = Timers::default();
-        timers.insert(t + Duration::from_secs(2), 1, 0);
-        timers.insert(t + Duration::from_secs(1), 2, HEAD_SLOT);
+        let late = timers.insert(t + Duration::from_secs(2), 1, 0);
+        let early = timers.insert(t + Duration::from_secs(1), 2, CONN_SLOT);
         assert_eq!(timers.next_deadline(), Some(t + Duration::from_secs(1)));
         assert_eq!(timers.pop_due(t), None);
         let due = timers.pop_due(t + Duration::from_secs(5)).unwrap();
-        assert_eq!((due.key, due.slot), (2, HEAD_SLOT));
-        assert_eq!(timers.pop_due(t + Duration::from_secs(5)).unwrap().key, 1);
+        assert_eq!((due.id, due.key, due.slot), (early, 2, CONN_SLOT));
+        assert_eq!(timers.pop_due(t + Duration::from_secs(5)).unwrap().id, late);
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn deadlines_on_the_same_instant_stay_distinct() {
+        let t = Instant::now();
+        let mut timers = Timers::default();
+        let old = timers.insert(t, 7, CONN_SLOT);
+        let new = timers.insert(t, 7, CONN_SLOT);
+        assert_ne!(old, new);
+        assert_ne!(new, TimerId::NONE);
+        let fired: Vec<TimerId> = std::iter::from_fn(|| timers.pop_due(t).map(|d| d.id)).collect();
+        assert_eq!(fired, vec![old, new]);
     }
 }

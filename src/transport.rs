@@ -185,23 +185,39 @@ fn json_tail(payload: &Payload) -> Vec<u8> {
     out
 }
 
-/// The whole JSON body of a long-poll answer.
+/// The whole JSON body of a long-poll answer. Messages are included in
+/// order while the body stays within `limit` bytes (always at least one);
+/// `last_id` then names the last one included, so the client's next poll
+/// picks up the rest.
 pub fn poll_body<'a>(
     messages: impl Iterator<Item = &'a Message>,
     last_id: u64,
     gap: bool,
+    limit: usize,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"{\"messages\":[");
-    let mut last = last_id;
-    for (i, msg) in messages.enumerate() {
-        if i > 0 {
+    let mut included: Option<u64> = None;
+    let mut truncated = false;
+    for msg in messages {
+        let tail = msg.payload.json_tail(json_tail);
+        if included.is_some() {
+            // 64: the `{"id":<u64>,` prefix and the closing fields.
+            if out.len() + tail.len() + 64 > limit {
+                truncated = true;
+                break;
+            }
             out.push(b',');
         }
         let _ = write!(Utf8Vec(&mut out), "{{\"id\":{},", msg.id);
-        out.extend_from_slice(msg.payload.json_tail(json_tail));
-        last = last.max(msg.id);
+        out.extend_from_slice(tail);
+        included = Some(msg.id);
     }
+    let last = match included {
+        Some(id) if truncated => id,
+        Some(id) => id.max(last_id),
+        None => last_id,
+    };
     let _ = write!(Utf8Vec(&mut out), "],\"last_id\":{last},\"gap\":{gap}}}");
     out
 }
@@ -280,12 +296,23 @@ mod tests {
     #[test]
     fn poll_body_lists_messages() {
         let m = [msg(4, Some("x"), "a\"b"), msg(9, None, "c")];
-        let body = String::from_utf8(poll_body(m.iter(), 2, false)).unwrap();
+        let body = String::from_utf8(poll_body(m.iter(), 2, false, 1 << 20)).unwrap();
         assert_eq!(
             body,
             r#"{"messages":[{"id":4,"event":"x","data":"a\"b"},{"id":9,"event":null,"data":"c"}],"last_id":9,"gap":false}"#
         );
-        let empty = String::from_utf8(poll_body([].iter(), 5, true)).unwrap();
+        let empty = String::from_utf8(poll_body([].iter(), 5, true, 1 << 20)).unwrap();
         assert_eq!(empty, r#"{"messages":[],"last_id":5,"gap":true}"#);
+    }
+
+    #[test]
+    fn poll_body_stops_at_its_limit_and_names_the_last_included() {
+        let m: Vec<Message> = (1..=10).map(|i| msg(i, None, &"x".repeat(100))).collect();
+        let body = String::from_utf8(poll_body(m.iter(), 10, false, 400)).unwrap();
+        assert!(body.len() <= 400, "{}", body.len());
+        assert!(body.ends_with(r#"],"last_id":2,"gap":false}"#), "{body}");
+        // One message always goes out, however small the limit.
+        let one = String::from_utf8(poll_body(m.iter(), 10, false, 1)).unwrap();
+        assert!(one.ends_with(r#"],"last_id":1,"gap":false}"#), "{one}");
     }
 }

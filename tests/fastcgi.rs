@@ -315,7 +315,7 @@ fn bad_requests_become_http_statuses() {
 
 #[test]
 fn malformed_and_truncated_records_close_only_their_connection() {
-    let srv = Mailboxd::start(&["--fastcgi", "127.0.0.1:0"]);
+    let srv = Mailboxd::start_debug(&["--fastcgi", "127.0.0.1:0"]);
     let mut ctl = srv.ctl();
     let mut bystander = HttpStream::open(srv.port, "/comet/bystander", &[]);
     srv.wait_info("bystander", |r| r.contains("subscribers=1"));
@@ -375,7 +375,7 @@ fn scgi_exchange(srv: &Mailboxd, raw: &[u8]) -> String {
 
 #[test]
 fn scgi_requests_and_malformed_heads() {
-    let srv = Mailboxd::start(&["--scgi", "127.0.0.1:0"]);
+    let srv = Mailboxd::start_debug(&["--scgi", "127.0.0.1:0"]);
     let mut ctl = srv.ctl();
     ctl.send("lena", "via scgi");
     let vars = [

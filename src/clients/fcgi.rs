@@ -10,10 +10,13 @@
 use std::time::Instant;
 
 use crate::codec::Status;
-use crate::conn::{Close, FcgiPhase, FcgiRequest, Proto, read_into, sub_id};
+use crate::conn::{Close, FcgiPhase, FcgiRequest, Proto, ReadEnd, read_into, sub_id};
 use crate::gateway::{cgi, fcgi};
 use crate::request::{Rejection, Status as HttpStatus, route};
 use crate::server::Server;
+use crate::timer::TimerId;
+
+use super::PIPELINE_HIGH;
 
 /// Concurrent requests on one connection (`FCGI_MAX_REQS`). Web servers send
 /// one at a time; this only bounds a multiplexing peer.
@@ -23,32 +26,58 @@ pub const MAX_REQS: usize = 64;
 /// is far above what browsers send.
 const MAX_PARAMS: usize = 32 * 1024;
 
+/// `PARAMS` bytes held for all unfinished requests of one connection: two
+/// maximal heads. Without it a peer could open [`MAX_REQS`] requests and
+/// drip parameters into each, holding 2 MiB per connection.
+const MAX_CONN_PARAMS: usize = 2 * MAX_PARAMS;
+
 impl Server {
+    /// Reads records and handles each complete one. Like HTTP, reading goes
+    /// on while the buffer fills and records are consumed, and stops while
+    /// more than [`PIPELINE_HIGH`] bytes of output wait for the web server.
     pub(super) fn fcgi_readable(&mut self, key: usize, now: Instant) {
-        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
-            return;
-        };
-        let Proto::Fcgi(f) = &mut conn.proto else {
-            return;
-        };
-        let result = read_into(
-            &mut conn.socket,
-            &mut f.inbuf,
-            2 * fcgi::MAX_RECORD,
-            scratch,
-        );
-        if self.read_ended(key, result) {
-            return;
-        }
         loop {
-            let Some(conn) = self.conns.slab.get_mut(key) else {
+            let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
                 return;
             };
             let Proto::Fcgi(f) = &mut conn.proto else {
                 return;
             };
-            if conn.close == Close::Now {
+            if conn.paused || conn.close == Close::Now {
                 return;
+            }
+            let result = read_into(
+                &mut conn.socket,
+                &mut f.inbuf,
+                2 * fcgi::MAX_RECORD,
+                scratch,
+            );
+            let full = matches!(result, Ok(ReadEnd::Full));
+            if self.read_ended(key, result) {
+                return;
+            }
+            if !self.fcgi_process(key, now) || !full {
+                return;
+            }
+        }
+    }
+
+    /// Handles every complete record buffered; false when the connection
+    /// closed or paused before the buffer was used up.
+    fn fcgi_process(&mut self, key: usize, now: Instant) -> bool {
+        loop {
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                return false;
+            };
+            let Proto::Fcgi(f) = &mut conn.proto else {
+                return false;
+            };
+            if conn.close == Close::Now {
+                return false;
+            }
+            if conn.out.len() > PIPELINE_HIGH {
+                conn.paused = true;
+                return false;
             }
             let input = std::mem::take(&mut f.inbuf);
             let used = match fcgi::parse(&input) {
@@ -57,16 +86,15 @@ impl Server {
                     if f.inbuf.is_empty() {
                         f.inbuf = Vec::new();
                     }
-                    return;
+                    return true;
                 }
                 Ok(Status::Complete((record, used))) => {
                     self.fcgi_record(key, record, now);
                     used
                 }
                 Err(e) => {
-                    log::warn!("conn={key} fastcgi {e}: closing");
-                    self.conns.close(key, Close::Now);
-                    return;
+                    self.fcgi_malformed(key, &e.to_string(), now);
+                    return false;
                 }
             };
             if let Some(Proto::Fcgi(f)) = self.conns.slab.get_mut(key).map(|c| &mut c.proto) {
@@ -91,10 +119,13 @@ impl Server {
                 let (role, flags) = match fcgi::parse_begin(record.content) {
                     Ok(x) if rid != 0 && f.request_mut(rid).is_none() => x,
                     Ok(_) => {
-                        return self
-                            .fcgi_malformed(key, "BEGIN_REQUEST for id 0 or an id already in use");
+                        return self.fcgi_malformed(
+                            key,
+                            "BEGIN_REQUEST for id 0 or an id already in use",
+                            now,
+                        );
                     }
-                    Err(e) => return self.fcgi_malformed(key, &e.to_string()),
+                    Err(e) => return self.fcgi_malformed(key, &e.to_string(), now),
                 };
                 let keep_conn = flags & fcgi::KEEP_CONN != 0;
                 let refusal = if role != fcgi::ROLE_RESPONDER {
@@ -104,13 +135,21 @@ impl Server {
                 } else {
                     None
                 };
-                f.idle_deadline = None;
                 match refusal {
-                    None => f.requests.push(FcgiRequest {
-                        id: rid,
-                        keep_conn,
-                        phase: FcgiPhase::Params(Vec::new()),
-                    }),
+                    None => {
+                        let timer =
+                            self.timers
+                                .insert(now + self.config.request_timeout, key, rid as u32);
+                        f.requests.push(FcgiRequest {
+                            id: rid,
+                            keep_conn,
+                            phase: FcgiPhase::Params {
+                                params: Vec::new(),
+                                timer,
+                            },
+                        });
+                        conn.timer = TimerId::NONE;
+                    }
                     Some(status) => {
                         log::debug!(
                             "conn={key} fastcgi request {rid} refused (role {role}, status {status})"
@@ -124,14 +163,22 @@ impl Server {
                 }
             }
             fcgi::PARAMS => {
+                let held = f.params_bytes();
                 let Some(FcgiRequest {
-                    phase: FcgiPhase::Params(params),
+                    phase: FcgiPhase::Params { params, .. },
                     ..
                 }) = f.request_mut(rid)
                 else {
                     return;
                 };
                 if !record.content.is_empty() {
+                    if held + record.content.len() > MAX_CONN_PARAMS {
+                        return self.fcgi_malformed(
+                            key,
+                            "unfinished requests hold more than 64 KiB of PARAMS",
+                            now,
+                        );
+                    }
                     if params.len() + record.content.len() > MAX_PARAMS {
                         let rejection = Rejection::new(
                             HttpStatus::BadRequest,
@@ -144,6 +191,7 @@ impl Server {
                     return;
                 }
                 let params = std::mem::take(params);
+                // The exchange (or the rejection) replaces the params phase and its deadline.
                 let routed = match fcgi::parse_pairs(&params) {
                     Ok(pairs) => {
                         let mut scratch = String::new();
@@ -151,7 +199,7 @@ impl Server {
                             .map_err(|e| Rejection::new(HttpStatus::BadRequest, e))
                             .and_then(|req| route(&req))
                     }
-                    Err(e) => return self.fcgi_malformed(key, &e.to_string()),
+                    Err(e) => return self.fcgi_malformed(key, &e.to_string(), now),
                 };
                 self.start_routed(key, rid, routed, now);
             }
@@ -176,7 +224,7 @@ impl Server {
                         conn.out.push_bytes(&answer);
                         self.conns.schedule_flush(key);
                     }
-                    Err(e) => self.fcgi_malformed(key, &e.to_string()),
+                    Err(e) => self.fcgi_malformed(key, &e.to_string(), now),
                 }
             }
             other => {
@@ -187,8 +235,11 @@ impl Server {
         }
     }
 
-    fn fcgi_malformed(&mut self, key: usize, what: &str) {
-        log::warn!("conn={key} fastcgi {what}: closing");
+    fn fcgi_malformed(&mut self, key: usize, what: &str, now: Instant) {
+        self.conns
+            .warnings
+            .malformed
+            .note(now, || format!("conn={key} fastcgi {what}: closing"));
         self.conns.close(key, Close::Now);
     }
 }

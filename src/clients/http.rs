@@ -4,37 +4,64 @@
 use std::time::Instant;
 
 use crate::codec::Status;
-use crate::conn::{Close, HttpPhase, Proto, discard_input, read_into};
+use crate::conn::{Close, HttpPhase, Proto, ReadEnd, discard_input, read_into};
 use crate::gateway::http;
 use crate::request::{Rejection, Status as HttpStatus, route};
 use crate::server::Server;
 use crate::transport::Transport;
 
+use super::PIPELINE_HIGH;
+
 impl Server {
     /// Reads what an HTTP client sent, then acts on complete request heads.
+    /// Reading goes on while the input buffer fills up and requests are
+    /// consumed (a client may pipeline far more than one buffer in one
+    /// write, and readiness will not be reported again for bytes already
+    /// waiting), and stops while the connection is paused.
     pub(super) fn http_readable(&mut self, key: usize, now: Instant) {
-        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
-            return;
-        };
-        let Proto::Http(h) = &mut conn.proto else {
-            return;
-        };
-        let result = match &h.phase {
-            HttpPhase::Head { .. } => {
-                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+        loop {
+            let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
+                return;
+            };
+            let Proto::Http(h) = &mut conn.proto else {
+                return;
+            };
+            if conn.paused || conn.close == Close::Now {
+                return;
             }
-            // A keep-alive long-poll client may pipeline its next request.
-            HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
-                read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+            let result = match &h.phase {
+                HttpPhase::Head => {
+                    read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+                }
+                // A keep-alive long-poll client may pipeline its next request.
+                HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
+                    read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+                }
+                HttpPhase::Active(_) => discard_input(&mut conn.socket, scratch),
+            };
+            let full = matches!(result, Ok(ReadEnd::Full));
+            if self.read_ended(key, result) {
+                return;
             }
-            HttpPhase::Active(_) => discard_input(&mut conn.socket, scratch),
-        };
-        if !self.read_ended(key, result) {
+            let before = self.http_buffered(key);
             self.http_process(key, now);
+            if !full || self.http_buffered(key) >= before {
+                return;
+            }
         }
     }
 
-    /// Handles every complete request head buffered on a connection in the head phase.
+    fn http_buffered(&self, key: usize) -> usize {
+        match self.conns.slab.get(key).map(|c| &c.proto) {
+            Some(Proto::Http(h)) => h.inbuf.len(),
+            _ => 0,
+        }
+    }
+
+    /// Handles every complete request head buffered on a connection in the
+    /// head phase, one at a time: each is answered (or parked) before the
+    /// next is parsed, and once [`PIPELINE_HIGH`] bytes of answers are
+    /// queued the rest wait, unread, until the client has read them.
     pub(super) fn http_process(&mut self, key: usize, now: Instant) {
         loop {
             let Some(conn) = self.conns.slab.get_mut(key) else {
@@ -43,7 +70,11 @@ impl Server {
             let Proto::Http(h) = &mut conn.proto else {
                 return;
             };
-            if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head { .. }) {
+            if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head) {
+                return;
+            }
+            if conn.out.len() > PIPELINE_HIGH {
+                conn.paused = true;
                 return;
             }
             let (routed, used, keep_alive) = match http::parse(&h.inbuf) {

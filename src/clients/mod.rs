@@ -16,13 +16,25 @@ mod scgi;
 
 use std::time::Instant;
 
-use crate::conn::{Close, Exchange, Proto, ReadEnd, sub_id};
+use crate::conn::{Close, Exchange, Next, Proto, ReadEnd, sub_id};
 use crate::outbuf::Chunk;
 use crate::request::{Head, Rejection, Route, Status as HttpStatus};
 use crate::server::Server;
 use crate::store::StoreError;
-use crate::timer::HEAD_SLOT;
+use crate::timer::{CONN_SLOT, TimerId};
 use crate::transport::{Transport, poll_body};
+
+/// How long a FastCGI connection that a web server keeps for reuse
+/// (`FCGI_KEEP_CONN`) may sit idle between requests. Web servers pool
+/// upstream connections for about a minute (nginx's `keepalive_timeout`
+/// default is 60 s) and open a new one when a pooled one was closed.
+pub const FCGI_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Answers queued on one client connection above which its further
+/// pipelined requests wait unread until the client reads: a well-behaved
+/// client has one or two answers in flight, and a client that pipelines
+/// without reading then holds at most this plus one answer.
+pub const PIPELINE_HIGH: usize = 64 * 1024;
 
 impl Server {
     /// Reads what a client connection sent and acts on it, by gateway.
@@ -109,7 +121,12 @@ impl Server {
                     .backlog(mailbox, route.resume)
                     .ok_or_else(|| unavailable(StoreError::NotFound))?;
                 if backlog.gap || backlog.messages.len() > 0 {
-                    Err(poll_body(backlog.messages, backlog.last_id, backlog.gap))
+                    Err(poll_body(
+                        backlog.messages,
+                        backlog.last_id,
+                        backlog.gap,
+                        self.config.max_output / 2,
+                    ))
                 } else {
                     Ok(backlog.last_id)
                 }
@@ -124,16 +141,17 @@ impl Server {
             };
             let since = route.resume.unwrap_or(last_id);
             self.store.subscribe(mailbox, sub).map_err(unavailable)?;
-            let deadline = now + self.config.poll_timeout;
+            let hold = now + self.config.poll_timeout;
             self.park(
                 key,
                 rid,
+                hold,
                 Exchange {
                     mailbox,
                     transport: Transport::Poll,
                     since,
                     subscribed: true,
-                    deadline,
+                    timer: TimerId::NONE,
                 },
             );
             log::debug!(
@@ -144,16 +162,17 @@ impl Server {
         }
         self.store.subscribe(mailbox, sub).map_err(unavailable)?;
         let transport = route.transport;
-        let deadline = now + self.config.heartbeat;
+        let heartbeat = now + self.config.heartbeat;
         self.park(
             key,
             rid,
+            heartbeat,
             Exchange {
                 mailbox,
                 transport,
                 since: 0,
                 subscribed: true,
-                deadline,
+                timer: TimerId::NONE,
             },
         );
         let scratch = &mut self.conns.scratch;
@@ -177,19 +196,35 @@ impl Server {
         Ok(())
     }
 
-    fn park(&mut self, key: usize, rid: u16, exchange: Exchange) {
-        self.timers.insert(exchange.deadline, key, rid as u32);
+    /// Parks an exchange with its first deadline; the connection-level
+    /// deadline (the head's) no longer applies.
+    fn park(&mut self, key: usize, rid: u16, deadline: Instant, mut exchange: Exchange) {
+        exchange.timer = self.timers.insert(deadline, key, rid as u32);
         if let Some(conn) = self.conns.slab.get_mut(key) {
+            conn.timer = TimerId::NONE;
             conn.set_exchange(rid, exchange);
         }
     }
 
-    /// A heartbeat or a long-poll hold came due.
-    pub(crate) fn exchange_timer(&mut self, key: usize, rid: u16, at: Instant, now: Instant) {
+    /// A request-level deadline came due: a heartbeat, the end of a
+    /// long-poll hold, or a FastCGI request whose head is overdue.
+    pub(crate) fn request_timer(&mut self, key: usize, rid: u16, id: TimerId, now: Instant) {
+        let Some(conn) = self.conns.slab.get(key).filter(|c| c.close == Close::No) else {
+            return;
+        };
+        if let Proto::Fcgi(f) = &conn.proto
+            && f.params_timer(rid) == Some(id)
+        {
+            self.conns.warnings.head_timeouts.note(now, || {
+                format!("conn={key} fastcgi request {rid} head not complete within request-timeout: closing")
+            });
+            self.conns.close(key, Close::Now);
+            return;
+        }
         let Some(ex) = self.conns.open_exchange(key, rid) else {
             return;
         };
-        if ex.deadline != at {
+        if ex.timer != id {
             return;
         }
         if ex.transport == Transport::Poll {
@@ -197,11 +232,12 @@ impl Server {
             return;
         }
         let transport = ex.transport;
-        ex.deadline = now + self.config.heartbeat;
-        self.timers.insert(ex.deadline, key, rid as u32);
+        ex.timer = self
+            .timers
+            .insert(now + self.config.heartbeat, key, rid as u32);
         self.conns.scratch.extend(transport.heartbeat());
         self.conns.slab[key].push_body(rid, &mut self.conns.scratch);
-        self.conns.commit_output(key, self.config.max_output);
+        self.conns.commit_output(key, self.config.max_output, now);
     }
 
     /// Answers every long-poll that a delivery or a `DROP` woke this turn.
@@ -225,16 +261,19 @@ impl Server {
         if subscribed {
             self.store.unsubscribe(mailbox, sub_id(key, rid), now);
         }
+        let limit = self.config.max_output / 2;
         let body = match self.store.backlog(mailbox, Some(since)) {
-            Some(b) => poll_body(b.messages, b.last_id.max(since), b.gap),
-            None => poll_body(std::iter::empty(), since, false),
+            Some(b) => poll_body(b.messages, b.last_id.max(since), b.gap, limit),
+            None => poll_body(std::iter::empty(), since, false, limit),
         };
         self.send_answer(key, rid, body, now);
         if matches!(
             self.conns.slab.get(key).map(|c| &c.proto),
             Some(Proto::Http(_))
         ) {
+            // Requests the client pipelined meanwhile, buffered or still in the socket.
             self.http_process(key, now);
+            self.http_readable(key, now);
         }
     }
 
@@ -245,8 +284,12 @@ impl Server {
             &Head::sized(HttpStatus::Ok, Transport::Poll.content_type(), body.len()),
         );
         conn.push_body(rid, &mut vec![Chunk::Owned(body)]);
-        self.conns.counters.written += 1;
-        self.finish(key, rid, true, now);
+        // Answers count against max-output like any other output, so a
+        // client cannot grow its queue by asking and never reading.
+        if self.conns.commit_output(key, self.config.max_output, now) {
+            self.conns.counters.written += 1;
+            self.finish(key, rid, true, now);
+        }
     }
 
     /// Ends a request whose mailbox was dropped or whose server is stopping.
@@ -272,16 +315,22 @@ impl Server {
     }
 
     /// Completes a response: the connection goes back to reading heads
-    /// (keep-alive) or closes once its output is written; either way under a
+    /// (keep-alive), waits idle for the web server's next request (pooled
+    /// FastCGI), or closes once its output is written; each under its own
     /// deadline. Callers outside [`Server::http_process`] then run it for
     /// requests the client already pipelined.
     pub(crate) fn finish(&mut self, key: usize, rid: u16, sized: bool, now: Instant) {
-        let deadline = now + self.config.request_timeout;
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
-        conn.finish(rid, sized, deadline);
-        self.timers.insert(deadline, key, HEAD_SLOT);
+        let wait = match conn.finish(rid, sized) {
+            Next::Head | Next::Drain => Some(self.config.request_timeout),
+            Next::Idle => Some(FCGI_IDLE),
+            Next::Requests => None,
+        };
+        if let Some(wait) = wait {
+            conn.timer = self.timers.insert(now + wait, key, CONN_SLOT);
+        }
         self.conns.schedule_flush(key);
     }
 }

@@ -19,7 +19,7 @@ impl Server {
             return;
         };
         let result = match s.phase {
-            ScgiPhase::Head { .. } => read_into(
+            ScgiPhase::Head => read_into(
                 &mut conn.socket,
                 &mut s.inbuf,
                 scgi::MAX_HEADERS + 16,
@@ -40,7 +40,7 @@ impl Server {
         let Proto::Scgi(s) = &mut conn.proto else {
             return;
         };
-        if conn.close != Close::No || !matches!(s.phase, ScgiPhase::Head { .. }) {
+        if conn.close != Close::No || !matches!(s.phase, ScgiPhase::Head) {
             return;
         }
         let input = std::mem::take(&mut s.inbuf);
@@ -56,7 +56,10 @@ impl Server {
                     .and_then(|req| route(&req))
             }
             Err(e) => {
-                log::warn!("conn={key} scgi {e}: closing");
+                self.conns
+                    .warnings
+                    .malformed
+                    .note(now, || format!("conn={key} scgi {e}: closing"));
                 self.conns.close(key, Close::Now);
                 return;
             }

@@ -69,10 +69,24 @@ impl Mailboxd {
 
     /// Starts with exactly `args` (plus the control socket in a temp dir).
     pub fn start_raw(args: &[&str]) -> Mailboxd {
+        Self::start_env(args, &[])
+    }
+
+    /// Like [`Mailboxd::start`], logging at debug level: every throttled
+    /// warning then shows in the log.
+    pub fn start_debug(extra: &[&str]) -> Mailboxd {
+        let mut args = vec!["--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_env(&args, &[("RUST_LOG", "debug")])
+    }
+
+    /// Starts with exactly `args` and extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Mailboxd {
         let dir = TempDir::new("srv");
         let control = dir.path().join("control.sock");
         let mut cmd = Command::new(bin("mailboxd"));
         cmd.arg("--control").arg(&control).args(args);
+        cmd.envs(env.iter().copied());
         let listeners = args
             .iter()
             .filter(|a| ["--http", "--fastcgi", "--scgi"].contains(a))
@@ -82,10 +96,12 @@ impl Mailboxd {
 
     /// Spawns a prepared command and waits until `listeners` listening lines appeared.
     pub fn spawn(mut cmd: Command, dir: TempDir, control: PathBuf, listeners: usize) -> Mailboxd {
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("MAILBOXD_TEST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("MAILBOXD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
