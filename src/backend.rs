@@ -35,6 +35,7 @@ impl Server {
             if conn.paused || conn.close != Close::No {
                 return;
             }
+            c.last_active = now;
             let end = match read_into(&mut conn.socket, &mut c.inbuf, limit, scratch) {
                 Ok(end) => end,
                 Err(e) => {
@@ -217,6 +218,18 @@ impl Server {
                 )))
             }
             Request::Stats => Ok(Reply::Ok(self.stats_line(now))),
+            Request::Token { mailbox, ttl } => {
+                let secret = self.secret.as_ref().ok_or_else(|| {
+                    ControlError::new(
+                        ErrorCode::NoSecret,
+                        "mailboxd runs without --secret-file; no token is needed".into(),
+                    )
+                })?;
+                let unix_now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                Ok(Reply::Ok(secret.mint(mailbox, unix_now + ttl)))
+            }
             Request::Quit => Ok(Reply::None),
         }
     }
@@ -225,7 +238,7 @@ impl Server {
         let s = self.store.stats();
         let c = &self.conns.counters;
         format!(
-            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={}",
+            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={}",
             self.clients,
             s.subscribers,
             s.mailboxes,
@@ -239,7 +252,10 @@ impl Server {
             c.accepted,
             c.refused,
             self.conns.control,
-            now.saturating_duration_since(self.started).as_secs()
+            now.saturating_duration_since(self.started).as_secs(),
+            c.denied,
+            c.accept_errors,
+            c.control_evicted,
         )
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::peer::{Cidr, Credential};
 use crate::store::StoreLimits;
 
 /// Where a listener binds.
@@ -47,8 +48,49 @@ impl fmt::Display for ListenAddr {
 
 /// The HTTP listener used when none is configured.
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8420";
-/// The control socket used when none is configured (also `mailboxctl`'s default).
-pub const DEFAULT_CONTROL: &str = "/tmp/mailboxd.sock";
+
+/// The file name of the control socket in its default directory.
+const CONTROL_NAME: &str = "control.sock";
+
+/// The directory of the default control socket (also `mailboxctl`'s): one
+/// that only this user can write, so no other local user can create the
+/// path first and receive the backends' messages (as anyone can in `/tmp`).
+/// `/run/mailboxd` for root; else `$XDG_RUNTIME_DIR/mailboxd` (the user's
+/// private runtime directory); else `~/.mailboxd`.
+pub fn default_control_dir() -> PathBuf {
+    if crate::peer::own_uid() == 0 {
+        return PathBuf::from("/run/mailboxd");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("mailboxd");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".mailboxd")
+}
+
+/// The default control socket path.
+pub fn default_control() -> PathBuf {
+    default_control_dir().join(CONTROL_NAME)
+}
+
+/// Parses a `--control` value: a Unix socket path, never an address.
+pub fn control_path(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("unix:").unwrap_or(s);
+    let looks_tcp = s.parse::<SocketAddr>().is_ok()
+        || s.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.contains('/') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+        });
+    if looks_tcp && !s.starts_with("unix:") {
+        return Err(format!(
+            "--control '{s}' looks like a TCP address; the control protocol has no \
+             authentication and is only served on a Unix socket: give a path"
+        ));
+    }
+    if path.is_empty() {
+        return Err("--control needs a path".into());
+    }
+    Ok(PathBuf::from(path))
+}
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
@@ -61,6 +103,23 @@ pub struct Config {
     pub scgi: Vec<ListenAddr>,
     /// Control socket path.
     pub control: PathBuf,
+    /// Whether `control` is the default (its directory is then created
+    /// and checked by mailboxd).
+    pub control_is_default: bool,
+    /// Permissions of the control socket, whatever the umask.
+    pub control_mode: u32,
+    /// Users and groups besides our own that may use the control socket
+    /// (empty: anyone `control_mode` lets connect).
+    pub control_allow: Vec<Credential>,
+    /// Peers allowed on FastCGI and SCGI TCP listeners.
+    pub gateway_allow: Vec<Cidr>,
+    /// The file holding the token-signing secret; `None` runs open.
+    pub secret_file: Option<PathBuf>,
+    /// Bytes all retained messages together may cost.
+    pub max_memory: usize,
+    /// How long unacknowledged data or keep-alive probes may go unanswered
+    /// before a client TCP connection is declared dead.
+    pub dead_peer_timeout: Duration,
     /// Messages retained per mailbox.
     pub retain: usize,
     /// Payload bytes retained per mailbox.
@@ -97,7 +156,17 @@ impl Default for Config {
             http: vec![ListenAddr::parse(DEFAULT_HTTP).expect("valid default")],
             fastcgi: Vec::new(),
             scgi: Vec::new(),
-            control: PathBuf::from(DEFAULT_CONTROL),
+            control: default_control(),
+            control_is_default: true,
+            control_mode: 0o600,
+            control_allow: Vec::new(),
+            gateway_allow: crate::peer::loopback(),
+            secret_file: None,
+            // Enough for 100 messages of 1 KiB in each of 10,000 mailboxes;
+            // past it the oldest retained messages go first, server-wide.
+            max_memory: 1 << 30,
+            // With the 20 s heartbeat a vanished peer is gone within a minute.
+            dead_peer_timeout: Duration::from_secs(30),
             retain: 100,
             retain_bytes: 1 << 20,
             max_subscribers: 16,
@@ -142,6 +211,8 @@ impl Config {
             ("poll-timeout", self.poll_timeout.as_millis()),
             ("mailbox-ttl", self.mailbox_ttl.as_millis()),
             ("request-timeout", self.request_timeout.as_millis()),
+            ("dead-peer-timeout", self.dead_peer_timeout.as_millis()),
+            ("max-memory", self.max_memory as u128),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));
@@ -156,6 +227,9 @@ impl Config {
             return Err(
                 "max-output must exceed max-message, or one message would overflow it".into(),
             );
+        }
+        if self.dead_peer_timeout < Duration::from_secs(1) {
+            return Err("dead-peer-timeout must be at least 1 second".into());
         }
         if self.max_subscribers > 0xffff {
             return Err("max-subscribers must be at most 65535".into());
@@ -176,7 +250,13 @@ struct Settings {
     http: Option<Vec<String>>,
     fastcgi: Option<Vec<String>>,
     scgi: Option<Vec<String>>,
-    control: Option<PathBuf>,
+    control: Option<String>,
+    control_mode: Option<String>,
+    control_allow: Option<Vec<String>>,
+    gateway_allow: Option<Vec<String>>,
+    secret_file: Option<PathBuf>,
+    max_memory: Option<usize>,
+    dead_peer_timeout: Option<f64>,
     retain: Option<usize>,
     retain_bytes: Option<usize>,
     max_subscribers: Option<usize>,
@@ -208,20 +288,35 @@ impl Settings {
             config.scgi = parse(self.scgi)?;
         }
         if let Some(mode) = &self.socket_mode {
-            config.socket_mode = Some(
-                u32::from_str_radix(mode, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| {
-                        format!("socket-mode '{mode}' is not an octal mode like 0660")
-                    })?,
-            );
+            config.socket_mode = Some(octal_mode(mode, "socket-mode")?);
+        }
+        if let Some(mode) = &self.control_mode {
+            config.control_mode = octal_mode(mode, "control-mode")?;
+        }
+        if let Some(control) = &self.control {
+            config.control = control_path(control)?;
+            config.control_is_default = false;
+        }
+        if let Some(list) = &self.control_allow {
+            config.control_allow = list
+                .iter()
+                .map(|s| Credential::parse(s).map_err(|e| format!("control-allow: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(list) = &self.gateway_allow {
+            config.gateway_allow = list
+                .iter()
+                .map(|s| Cidr::parse(s).map_err(|e| format!("gateway-allow: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        if self.secret_file.is_some() {
+            config.secret_file = self.secret_file;
         }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
         }
         set!(
-            control,
+            max_memory,
             retain,
             retain_bytes,
             max_subscribers,
@@ -241,6 +336,11 @@ impl Settings {
                 &mut config.request_timeout,
                 "request-timeout",
             ),
+            (
+                self.dead_peer_timeout,
+                &mut config.dead_peer_timeout,
+                "dead-peer-timeout",
+            ),
         ] {
             if let Some(secs) = value {
                 *slot = seconds(secs, name)?;
@@ -248,6 +348,13 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn octal_mode(mode: &str, name: &str) -> Result<u32, String> {
+    u32::from_str_radix(mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{name} '{mode}' is not an octal mode like 0660"))
 }
 
 fn seconds(value: f64, name: &str) -> Result<Duration, String> {
@@ -278,9 +385,18 @@ Listeners:
                            [default: 127.0.0.1:8420, when no listener is given]
   --fastcgi ADDR           FastCGI listener (for fastcgi_pass / mod_fastcgi); repeatable
   --scgi ADDR              SCGI listener (for scgi_pass / mod_scgi); repeatable
-  --control PATH           control socket [default: /tmp/mailboxd.sock]
-  --socket-mode MODE       permissions of the Unix sockets created, e.g. 0660 so that
-                           the web server's group can connect [default: from umask]
+  --control PATH           control socket (a path: the control protocol is never on TCP)
+                           [default: /run/mailboxd/control.sock for root, else
+                           $XDG_RUNTIME_DIR/mailboxd/control.sock]
+  --control-mode MODE      permissions of the control socket, whatever the umask
+                           [default: 0600]
+  --control-allow LIST     users/groups besides mailboxd's own that may use the control
+                           socket: uid:N, gid:N, user:NAME, group:NAME; comma-separated,
+                           repeatable [default: whoever control-mode lets in]
+  --socket-mode MODE       permissions of the gateway Unix sockets created, e.g. 0660 so
+                           that the web server's group can connect [default: from umask]
+  --gateway-allow LIST     address blocks allowed on FastCGI/SCGI TCP listeners,
+                           comma-separated, repeatable [default: 127.0.0.0/8,::1/128]
   --config FILE            read settings from a TOML file (keys = flag names);
                            flags given on the command line win
 
@@ -292,6 +408,8 @@ Mailboxes:
   --max-mailboxes N        mailboxes in total [default: 1000000]
   --max-groups N           groups in total [default: 100000]
   --max-message N          largest payload in bytes [default: 65536]
+  --max-memory N           bytes all retained messages may cost together; past it the
+                           oldest go first, server-wide [default: 1073741824]
 
 Clients:
   --heartbeat SECS         keep-alive interval on streams [default: 20]
@@ -301,10 +419,19 @@ Clients:
   --max-connections N      client connections at once; more get 503 [default: 10000]
   --request-timeout SECS   time allowed to send a request head [default: 10]
   --retry-ms N             SSE reconnect hint for browsers [default: 2000]
+  --dead-peer-timeout SECS a client that stops acknowledging for this long is dropped
+                           (TCP_USER_TIMEOUT, keep-alive probes) [default: 30]
+
+Security:
+  --secret-file FILE       HMAC-SHA256 key for mailbox tokens; clients then need a
+                           token (?token= or Authorization: Bearer) to open a mailbox.
+                           The file must not be readable by group or others.
+                           [default: none: any client may open any mailbox]
 
   -h, --help               print this help
   -V, --version            print the version
 
+Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the secret file.
 Logging: RUST_LOG=debug (or info, warn, ...); default info.
 ";
 
@@ -344,7 +471,19 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             "http" => http.push(value),
             "fastcgi" => fastcgi.push(value),
             "scgi" => scgi.push(value),
-            "control" => cli.control = Some(PathBuf::from(value)),
+            "control" => cli.control = Some(value),
+            "control-mode" => cli.control_mode = Some(value),
+            "control-allow" => cli
+                .control_allow
+                .get_or_insert_with(Vec::new)
+                .extend(value.split(',').map(str::to_string)),
+            "gateway-allow" => cli
+                .gateway_allow
+                .get_or_insert_with(Vec::new)
+                .extend(value.split(',').map(str::to_string)),
+            "secret-file" => cli.secret_file = Some(PathBuf::from(value)),
+            "max-memory" => cli.max_memory = Some(int(&value)?),
+            "dead-peer-timeout" => cli.dead_peer_timeout = Some(secs(&value)?),
             "config" => config_file = Some(PathBuf::from(value)),
             "retain" => cli.retain = Some(int(&value)?),
             "retain-bytes" => cli.retain_bytes = Some(int(&value)?),

@@ -180,12 +180,26 @@ pub struct Exchange {
 }
 
 /// The state of a control connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlState {
     /// Bytes read but not yet framed.
     pub inbuf: Vec<u8>,
     /// Payload bytes of an oversize request still to discard.
     pub skip: usize,
+    /// When the backend last sent something: the idle connection with the
+    /// oldest is closed first when the control limit is reached.
+    pub last_active: Instant,
+}
+
+impl ControlState {
+    /// A fresh connection, active now.
+    pub fn new(now: Instant) -> ControlState {
+        ControlState {
+            inbuf: Vec::new(),
+            skip: 0,
+            last_active: now,
+        }
+    }
 }
 
 /// Where an HTTP client connection is in its life.
@@ -519,8 +533,15 @@ pub struct ConnCounters {
     pub slow_closed: u64,
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Connections refused by `max-connections`.
+    /// Connections refused by `max-connections` (or the control limit with
+    /// every control connection busy).
     pub refused: u64,
+    /// Peers refused by `--gateway-allow` or `--control-allow`.
+    pub denied: u64,
+    /// `accept` failures, descriptor exhaustion among them.
+    pub accept_errors: u64,
+    /// Idle control connections closed to make room for a new one.
+    pub control_evicted: u64,
 }
 
 /// All connections, plus the per-turn work lists that refer to them.
@@ -611,6 +632,26 @@ impl Conns {
         self.counters.slow_closed += 1;
         self.close(key, Close::Now);
         false
+    }
+
+    /// The control connection idle longest (nothing buffered either way),
+    /// if any: the one to close when the control limit is reached.
+    pub fn oldest_idle_control(&self) -> Option<usize> {
+        self.slab
+            .iter()
+            .filter_map(|(key, conn)| match &conn.proto {
+                Proto::Control(c)
+                    if conn.close == Close::No
+                        && c.inbuf.is_empty()
+                        && c.skip == 0
+                        && conn.out.is_empty() =>
+                {
+                    Some((c.last_active, key))
+                }
+                _ => None,
+            })
+            .min()
+            .map(|(_, key)| key)
     }
 
     /// Hands one message to one subscriber (the store's delivery callback).

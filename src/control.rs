@@ -21,6 +21,12 @@ use crate::name;
 /// close the connection.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// Longest stated payload that is skipped to stay in sync. A stated length
+/// beyond it (up to 19 digits parse) would swallow every later request on the
+/// connection while its bytes were "skipped", so it is treated as a lost
+/// frame boundary instead: `ERR TOOBIG`, then the connection closes.
+pub const MAX_SKIP: usize = 64 << 20;
+
 /// One framed request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -52,6 +58,8 @@ pub enum FrameError {
     BadLength(String),
     /// The payload is not followed by `\n`.
     Unterminated,
+    /// A stated payload length over [`MAX_SKIP`].
+    Unskippable(usize),
 }
 
 impl FrameError {
@@ -69,6 +77,10 @@ impl FrameError {
             FrameError::Unterminated => ControlError::new(
                 ErrorCode::Frame,
                 "payload not followed by a newline; closing".into(),
+            ),
+            FrameError::Unskippable(len) => ControlError::new(
+                ErrorCode::TooBig,
+                format!("payload of {len} bytes is over {MAX_SKIP}, too large to skip; closing"),
             ),
         }
     }
@@ -117,6 +129,9 @@ pub fn parse_frame(
     };
     let len = parse_decimal(len_token)
         .ok_or_else(|| FrameError::BadLength(String::from_utf8_lossy(len_token).into_owned()))?;
+    if len > MAX_SKIP {
+        return Err(FrameError::Unskippable(len));
+    }
     if len > max_message {
         return Ok(Status::Complete((
             Frame::Oversize {
@@ -214,6 +229,13 @@ pub enum Request<'a> {
     },
     /// `STATS`
     Stats,
+    /// `TOKEN <mailbox> <ttl-seconds>`
+    Token {
+        /// The mailbox the token opens.
+        mailbox: &'a str,
+        /// Seconds from now until it expires (1 to [`crate::auth::MAX_TTL`]).
+        ttl: u64,
+    },
     /// `QUIT`
     Quit,
 }
@@ -243,6 +265,8 @@ pub enum ErrorCode {
     Line,
     /// Payload not followed by a newline (closes the connection).
     Frame,
+    /// `TOKEN` without `--secret-file`.
+    NoSecret,
 }
 
 impl ErrorCode {
@@ -260,6 +284,7 @@ impl ErrorCode {
             ErrorCode::Length => "LENGTH",
             ErrorCode::Line => "LINE",
             ErrorCode::Frame => "FRAME",
+            ErrorCode::NoSecret => "NOSECRET",
         }
     }
 }
@@ -358,6 +383,21 @@ pub fn parse_request<'a>(
             Ok(Request::Drop {
                 mailbox: checked_name(args[0], "mailbox")?,
             })
+        }
+        "TOKEN" => {
+            arity(2, 2)?;
+            let mailbox = checked_name(args[0], "mailbox")?;
+            let ttl = args[1]
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (1..=crate::auth::MAX_TTL).contains(t))
+                .ok_or_else(|| {
+                    ControlError::new(
+                        ErrorCode::Syntax,
+                        format!("ttl must be 1 to {} seconds", crate::auth::MAX_TTL),
+                    )
+                })?;
+            Ok(Request::Token { mailbox, ttl })
         }
         "INFO" => {
             arity(1, 1)?;
@@ -591,15 +631,34 @@ mod tests {
                 10
             )))
         );
+        let at_limit = format!("SEND a {MAX_SKIP}\n");
         assert_eq!(
-            parse_frame(b"SEND a 99999999999999999\n", MAX),
+            parse_frame(at_limit.as_bytes(), MAX),
             Ok(Status::Complete((
                 Frame::Oversize {
-                    len: 99999999999999999,
-                    skip: 100000000000000000
+                    len: MAX_SKIP,
+                    skip: MAX_SKIP + 1
                 },
-                25
+                at_limit.len()
             )))
+        );
+    }
+
+    #[test]
+    fn lengths_too_large_to_skip_lose_the_frame() {
+        for len in ["67108865", "9223372036854775808", "9999999999999999999"] {
+            let line = format!("SEND x {len}\nPING\n");
+            assert!(
+                matches!(
+                    parse_frame(line.as_bytes(), MAX),
+                    Err(FrameError::Unskippable(_))
+                ),
+                "{len}"
+            );
+        }
+        assert_eq!(
+            FrameError::Unskippable(1 << 40).reply().code,
+            ErrorCode::TooBig
         );
     }
 
@@ -629,6 +688,22 @@ mod tests {
     #[test]
     fn parses_every_command() {
         assert_eq!(req("ping", None).unwrap(), Request::Ping);
+        assert_eq!(
+            req("TOKEN alice 60", None).unwrap(),
+            Request::Token {
+                mailbox: "alice",
+                ttl: 60
+            }
+        );
+        for bad in [
+            "TOKEN alice 0",
+            "TOKEN alice -1",
+            "TOKEN alice x",
+            "TOKEN alice 99999999999",
+        ] {
+            assert_eq!(code(req(bad, None)), "SYNTAX", "{bad}");
+        }
+        assert_eq!(code(req("TOKEN a/b 60", None)), "NAME");
         assert_eq!(
             req("SEND alice 2 event=chat", Some("hi")).unwrap(),
             Request::Send {

@@ -3,6 +3,7 @@
 //! groups through a Unix control socket. One single-threaded event loop holds
 //! everything; see `docs/architecture.md` for the tour.
 
+pub mod auth;
 pub mod backend;
 pub mod clients;
 pub mod codec;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod message;
 pub mod name;
 pub mod outbuf;
+pub mod peer;
 pub mod request;
 pub mod server;
 pub mod store;

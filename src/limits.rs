@@ -6,9 +6,16 @@
 //! and costs nothing, so mailboxd does it rather than fail at the 1,021st
 //! client.
 
-/// Descriptors kept for listeners, the control connections, the poll and
-/// signal pipes, and the log.
-pub const RESERVED_FDS: u64 = 64;
+/// Control connections open at once. Backends need a handful (one per
+/// worker process at most); past the limit the connection idle longest is
+/// closed to make room, so a real backend always gets in.
+pub const MAX_CONTROL_CONNS: usize = 256;
+
+/// Descriptors kept out of the clients' reach: every control connection,
+/// plus listeners, the poll and signal pipes, the spare descriptor and
+/// files. Clients are clamped to the rest, so they can never starve the
+/// control socket.
+pub const RESERVED_FDS: u64 = 64 + MAX_CONTROL_CONNS as u64;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
 pub fn raise_nofile() -> std::io::Result<u64> {
@@ -48,7 +55,7 @@ mod tests {
         let first = raise_nofile().unwrap();
         assert_eq!(raise_nofile().unwrap(), first);
         assert!(first > RESERVED_FDS);
-        assert_eq!(clients_allowed(20_000), 19_936);
+        assert_eq!(clients_allowed(20_000), 19_680);
         assert_eq!(clients_allowed(10), 0);
     }
 }

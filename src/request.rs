@@ -22,6 +22,8 @@ pub struct Request<'a> {
     pub last_event_id: Option<&'a str>,
     /// The `Accept` header (informational: SSE is the default anyway).
     pub accept: Option<&'a str>,
+    /// The `Authorization` header (a `Bearer` token opens a mailbox).
+    pub authorization: Option<&'a str>,
 }
 
 /// Where a valid request goes.
@@ -33,6 +35,8 @@ pub struct Route {
     pub transport: Transport,
     /// Send only messages with a greater id; `None`: everything retained.
     pub resume: Option<u64>,
+    /// The access token presented (`?token=`, else `Authorization: Bearer`).
+    pub token: Option<String>,
 }
 
 /// The HTTP statuses mailboxd answers with.
@@ -42,6 +46,8 @@ pub enum Status {
     Ok,
     /// 400: bad mailbox name, bad query, malformed request.
     BadRequest,
+    /// 403: a token is required and was missing, invalid or expired.
+    Forbidden,
     /// 405: anything but GET.
     MethodNotAllowed,
     /// 429: the mailbox already has `max-subscribers` requests.
@@ -56,6 +62,7 @@ impl Status {
         match self {
             Status::Ok => (200, "OK"),
             Status::BadRequest => (400, "Bad Request"),
+            Status::Forbidden => (403, "Forbidden"),
             Status::MethodNotAllowed => (405, "Method Not Allowed"),
             Status::TooManyRequests => (429, "Too Many Requests"),
             Status::ServiceUnavailable => (503, "Service Unavailable"),
@@ -104,7 +111,7 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
         ));
     }
     let mut transport = None;
-    let (mut last_id, mut since) = (None, None);
+    let (mut last_id, mut since, mut token) = (None, None, None);
     for pair in req.query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
@@ -123,6 +130,7 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
             }
             "last_id" => last_id = Some(parse_id(value, "last_id")?),
             "since" => since = Some(parse_id(value, "since")?),
+            "token" => token = Some(value),
             _ => {}
         }
     }
@@ -138,6 +146,14 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
         transport,
         // Ids start far above 0, so 0 can only mean "from the beginning".
         resume: header.or(last_id).or(since).filter(|&id| id != 0),
+        // EventSource cannot set headers, hence the query; tokens are URL-safe.
+        token: token
+            .or_else(|| {
+                req.authorization
+                    .and_then(|a| a.trim().strip_prefix("Bearer "))
+                    .map(str::trim)
+            })
+            .map(str::to_string),
     })
 }
 
@@ -220,7 +236,8 @@ mod tests {
             Route {
                 mailbox: "alice".into(),
                 transport: Transport::Sse,
-                resume: None
+                resume: None,
+                token: None,
             }
         );
         assert_eq!(route(&get("/alice", "")).unwrap().mailbox, "alice");
@@ -264,6 +281,26 @@ mod tests {
         assert_eq!((r.transport, r.resume), (Transport::Sse, Some(10)));
         req.last_event_id = Some("ten");
         assert_eq!(route(&req).unwrap_err().status, Status::BadRequest);
+    }
+
+    #[test]
+    fn token_from_query_or_bearer_header() {
+        assert_eq!(
+            route(&get("/m", "token=v1.5.x")).unwrap().token.as_deref(),
+            Some("v1.5.x")
+        );
+        let mut req = get("/m", "");
+        req.authorization = Some("Bearer v1.6.y ");
+        assert_eq!(route(&req).unwrap().token.as_deref(), Some("v1.6.y"));
+        req.authorization = Some("Basic dXNlcjpwYXNz");
+        assert_eq!(route(&req).unwrap().token, None);
+        req.query = "token=v1.7.z";
+        req.authorization = Some("Bearer v1.6.y");
+        assert_eq!(
+            route(&req).unwrap().token.as_deref(),
+            Some("v1.7.z"),
+            "query wins"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! an event for a key no longer in the slab is ignored.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,9 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::auth::Secret;
 use crate::config::{Config, ListenAddr};
 use crate::conn::{
     Close, Conn, Conns, ControlState, FcgiState, HttpPhase, HttpState, Proto, ScgiPhase, ScgiState,
@@ -32,6 +34,7 @@ use crate::conn::{
 };
 use crate::limits;
 use crate::outbuf::OutQueue;
+use crate::peer;
 use crate::store::{MailboxStore, MemoryStore};
 use crate::timer::{CONN_SLOT, TimerId, Timers};
 
@@ -41,8 +44,6 @@ pub const SIGNAL: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 /// Connection tokens start here, above any plausible number of listeners.
 pub const FIRST_CONN: usize = 1 << 16;
-/// Backends rarely need more than a handful; this only guards against leaks.
-const MAX_CONTROL_CONNS: usize = 1024;
 /// Accept queue length asked of the kernel (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for final output to drain.
@@ -105,35 +106,79 @@ pub struct Server {
     pub(crate) shutdown: Option<Instant>,
     /// Client (non-control) connections open.
     pub(crate) clients: usize,
+    /// The token-signing secret; `None` runs open (any client, any mailbox).
+    pub(crate) secret: Option<Secret>,
+    /// A descriptor held in reserve: when accepting on the control socket
+    /// fails for lack of descriptors, it is given up so a backend still gets
+    /// in, and taken again once descriptors free up.
+    spare_fd: Option<std::fs::File>,
+    /// Set when accepting failed for lack of descriptors: every listener is
+    /// tried again at this instant, or as soon as a connection closes.
+    accept_retry: Option<Instant>,
 }
 
+/// How long to wait before accepting again after running out of
+/// descriptors, unless a connection closes first.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 impl Server {
-    /// Binds every listener and the signal handlers.
-    pub fn new(config: Config) -> Result<Server, String> {
+    /// Binds every listener and the signal handlers, and loads the secret.
+    pub fn new(mut config: Config) -> Result<Server, String> {
         match limits::raise_nofile() {
-            Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => log::warn!(
-                "max-connections is {} but the descriptor limit ({fds}) allows about {} clients; \
-                 raise the hard limit (systemd: LimitNOFILE) or lower max-connections",
-                config.max_connections,
-                limits::clients_allowed(fds)
-            ),
+            Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => {
+                let allowed = limits::clients_allowed(fds).max(1) as usize;
+                log::warn!(
+                    "max-connections lowered from {} to {allowed}: the descriptor limit is {fds} \
+                     and {} are kept for control connections and listeners; raise the hard \
+                     limit (systemd: LimitNOFILE) to allow more",
+                    config.max_connections,
+                    limits::RESERVED_FDS
+                );
+                config.max_connections = allowed;
+            }
             Ok(fds) => log::debug!("descriptor limit {fds}"),
             Err(e) => log::warn!("cannot read or raise the descriptor limit: {e}"),
         }
+        let secret = match &config.secret_file {
+            Some(path) => Some(Secret::load(path)?),
+            None => {
+                log::warn!(
+                    "no --secret-file: any client may open any mailbox; set one before \
+                     exposing mailboxd beyond a trusted network (docs/security.md)"
+                );
+                None
+            }
+        };
+        prepare_control_dir(&config)?;
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
         let mut listeners = Vec::new();
         let control = ListenAddr::Unix(config.control.clone());
-        let wanted = std::iter::once((Role::Control, &control))
-            .chain(config.http.iter().map(|a| (Role::Http, a)))
-            .chain(config.fastcgi.iter().map(|a| (Role::Fcgi, a)))
-            .chain(config.scgi.iter().map(|a| (Role::Scgi, a)));
-        for (i, (role, addr)) in wanted.enumerate() {
-            let mut socket = bind(addr, config.socket_mode)
+        let wanted = std::iter::once((Role::Control, &control, Some(config.control_mode)))
+            .chain(
+                config
+                    .http
+                    .iter()
+                    .map(|a| (Role::Http, a, config.socket_mode)),
+            )
+            .chain(
+                config
+                    .fastcgi
+                    .iter()
+                    .map(|a| (Role::Fcgi, a, config.socket_mode)),
+            )
+            .chain(
+                config
+                    .scgi
+                    .iter()
+                    .map(|a| (Role::Scgi, a, config.socket_mode)),
+            );
+        for (i, (role, addr, mode)) in wanted.enumerate() {
+            let mut socket = bind(addr, mode)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", role.name()))?;
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
@@ -158,6 +203,9 @@ impl Server {
             started: Instant::now(),
             shutdown: None,
             clients: 0,
+            secret,
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            accept_retry: None,
         })
     }
 
@@ -188,13 +236,15 @@ impl Server {
             self.fire_timers(now);
             self.answer_polls(now);
             self.flush(now);
-            self.reap(now);
+            let closed = self.reap(now);
+            self.retry_accepts(now, closed > 0);
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         [
             self.timers.next_deadline(),
+            self.accept_retry,
             self.store.next_deadline(),
             self.conns.warnings.next_deadline(),
             self.shutdown,
@@ -207,8 +257,12 @@ impl Server {
     fn dispatch(&mut self, event: &mio::event::Event, now: Instant) {
         match event.token() {
             SIGNAL => {
-                if self.signals.pending().next().is_some() {
-                    self.begin_shutdown(now);
+                let pending: Vec<i32> = self.signals.pending().collect();
+                for signal in pending {
+                    match signal {
+                        SIGHUP => self.reload_secret(),
+                        _ => self.begin_shutdown(now),
+                    }
                 }
             }
             Token(t) if t < FIRST_CONN => self.accept(t - LISTENER_BASE, now),
@@ -242,23 +296,40 @@ impl Server {
                 return;
             };
             let accepted = match &listener.socket {
-                ListenSocket::Tcp(l) => l.accept().map(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    Socket::Tcp(s)
-                }),
-                ListenSocket::Unix(l, _) => l.accept().map(|(s, _)| Socket::Unix(s)),
+                ListenSocket::Tcp(l) => l.accept().map(|(s, a)| (Socket::Tcp(s), Some(a))),
+                ListenSocket::Unix(l, _) => l.accept().map(|(s, _)| (Socket::Unix(s), None)),
             };
-            let mut socket = match accepted {
+            let (mut socket, peer) = match accepted {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("accept on {} listener failed: {e}", role.name());
+                    let exhausted = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    if exhausted && role == Role::Control && self.spare_fd.take().is_some() {
+                        continue;
+                    }
+                    self.conns.counters.accept_errors += 1;
+                    self.conns.warnings.accept_errors.note(now, || {
+                        format!("accept on {} listener failed: {e}", role.name())
+                    });
+                    if exhausted {
+                        // The pending connection stays queued in the kernel;
+                        // no new readiness event will say so.
+                        self.accept_retry = Some(now + ACCEPT_RETRY);
+                    }
                     return;
                 }
             };
+            if !self.admit(role, &socket, peer, now) {
+                continue;
+            }
             let full = match role {
-                Role::Control => self.conns.control >= MAX_CONTROL_CONNS,
+                Role::Control => {
+                    self.conns.control >= limits::MAX_CONTROL_CONNS && !self.close_idle_control()
+                }
                 Role::Http | Role::Fcgi | Role::Scgi => self.clients >= self.config.max_connections,
             };
             if full {
@@ -271,6 +342,13 @@ impl Server {
                     let _ = socket.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\nmax-connections reached; retry.\r\n");
                 }
                 continue;
+            }
+            if let Socket::Tcp(s) = &socket {
+                let _ = s.set_nodelay(true);
+                if let Err(e) = peer::detect_dead_peer(s.as_raw_fd(), self.config.dead_peer_timeout)
+                {
+                    log::debug!("cannot arm dead-peer detection: {e}");
+                }
             }
             let entry = self.conns.slab.vacant_entry();
             let key = entry.key();
@@ -285,7 +363,7 @@ impl Server {
             let (proto, timer) = match role {
                 Role::Control => {
                     self.conns.control += 1;
-                    (Proto::Control(ControlState::default()), TimerId::NONE)
+                    (Proto::Control(ControlState::new(now)), TimerId::NONE)
                 }
                 Role::Http | Role::Fcgi | Role::Scgi => {
                     self.clients += 1;
@@ -322,6 +400,108 @@ impl Server {
             });
             self.conns.counters.accepted += 1;
             log::debug!("conn={key} {} accepted", role.name());
+        }
+    }
+
+    /// Whether a freshly accepted peer may stay: FastCGI and SCGI over TCP
+    /// only from `--gateway-allow`, the control socket only for our own user
+    /// and `--control-allow`.
+    fn admit(
+        &mut self,
+        role: Role,
+        socket: &Socket,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> bool {
+        let refusal = match (role, socket, peer) {
+            (Role::Fcgi | Role::Scgi, _, Some(addr))
+                if !self
+                    .config
+                    .gateway_allow
+                    .iter()
+                    .any(|c| c.contains(addr.ip())) =>
+            {
+                Some(format!(
+                    "{} connection from {addr} refused: not in gateway-allow",
+                    role.name()
+                ))
+            }
+            (Role::Control, Socket::Unix(s), _) if !self.config.control_allow.is_empty() => {
+                match peer::peer_ids(s.as_raw_fd()) {
+                    Ok((uid, gid))
+                        if uid == peer::own_uid()
+                            || self
+                                .config
+                                .control_allow
+                                .iter()
+                                .any(|c| c.matches(uid, gid)) =>
+                    {
+                        None
+                    }
+                    Ok((uid, gid)) => Some(format!(
+                        "control connection from uid={uid} gid={gid} refused: not in control-allow"
+                    )),
+                    Err(e) => Some(format!(
+                        "control connection refused: no peer credentials: {e}"
+                    )),
+                }
+            }
+            _ => None,
+        };
+        let Some(line) = refusal else {
+            return true;
+        };
+        self.conns.counters.denied += 1;
+        self.conns.warnings.denied.note(now, || line);
+        false
+    }
+
+    /// Makes room for a backend at the control limit by closing the control
+    /// connection idle longest; false when every one is busy.
+    fn close_idle_control(&mut self) -> bool {
+        let Some(key) = self.conns.oldest_idle_control() else {
+            return false;
+        };
+        log::info!("conn={key} control closed: idle longest, and the control limit was reached");
+        // Until the reap at the end of the turn it still counts, so each
+        // further backend accepted this turn makes room for itself too.
+        self.conns.close(key, Close::Now);
+        self.conns.counters.control_evicted += 1;
+        true
+    }
+
+    /// Takes the spare descriptor back, and accepts on every listener again
+    /// after descriptors ran out, once the retry time came or a connection closed.
+    fn retry_accepts(&mut self, now: Instant, closed: bool) {
+        if self.spare_fd.is_none() {
+            self.spare_fd = std::fs::File::open("/dev/null").ok();
+        }
+        if self.shutdown.is_some() {
+            return;
+        }
+        if let Some(at) = self.accept_retry
+            && (closed || now >= at)
+        {
+            self.accept_retry = None;
+            for index in 0..self.listeners.len() {
+                self.accept(index, now);
+            }
+        }
+    }
+
+    /// SIGHUP: reads the secret file again (key rotation); without a secret,
+    /// or when the new file is unusable, nothing changes. Never stops the server.
+    fn reload_secret(&mut self) {
+        let Some(secret) = &self.secret else {
+            log::info!("SIGHUP: no --secret-file to reload; nothing to do");
+            return;
+        };
+        match secret.reload() {
+            Ok(fresh) => {
+                self.secret = Some(fresh);
+                log::info!("SIGHUP: secret file reloaded");
+            }
+            Err(e) => log::error!("SIGHUP: keeping the current secret: {e}"),
         }
     }
 
@@ -401,7 +581,9 @@ impl Server {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
+    /// Frees the connections marked for closing; returns how many.
+    fn reap(&mut self, now: Instant) -> usize {
+        let mut closed = 0;
         while let Some(key) = self.conns.closing.pop() {
             if self
                 .conns
@@ -418,12 +600,14 @@ impl Server {
                 }
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
-            match conn.proto {
+            match &conn.proto {
                 Proto::Control(_) => self.conns.control -= 1,
                 _ => self.clients -= 1,
             }
+            closed += 1;
             log::debug!("conn={key} {} closed", conn.proto.name());
         }
+        closed
     }
 
     /// Stops accepting, ends every stream cleanly, answers held polls, and
@@ -467,13 +651,24 @@ impl Server {
 }
 
 /// Binds a listener; a leftover Unix socket file from a crashed run is
-/// replaced, but one that a live process still answers on is an error.
+/// replaced, but one that a live process still answers on is an error. A
+/// Unix socket with a `mode` is created under a umask that lets nobody else
+/// in, then given its mode, so it is never more open than asked, whatever
+/// the process umask.
 fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<ListenSocket> {
     let socket = match addr {
         ListenAddr::Tcp(a) => ListenSocket::Tcp(TcpListener::bind(*a)?),
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
-            let listener = ListenSocket::Unix(UnixListener::bind(path)?, path.clone());
+            // SAFETY: umask only swaps the process's file-creation mask; we
+            // are single-threaded while binding.
+            let old = mode.map(|_| unsafe { libc::umask(0o177) });
+            let bound = UnixListener::bind(path);
+            if let Some(old) = old {
+                // SAFETY: as above.
+                unsafe { libc::umask(old) };
+            }
+            let listener = ListenSocket::Unix(bound?, path.clone());
             if let Some(mode) = mode {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             }
@@ -493,6 +688,53 @@ fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<ListenSocket> {
         return Err(io::Error::last_os_error());
     }
     Ok(socket)
+}
+
+/// Makes sure nobody but us can create the control socket's path first.
+/// The default directory is created (0700, or 0711 when `--control-mode`
+/// lets others connect) and must belong to us and be writable by nobody
+/// else; for a path given explicitly, a directory others can write is only
+/// warned about, since the administrator chose it.
+fn prepare_control_dir(config: &Config) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = config
+        .control
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    else {
+        return Ok(());
+    };
+    if config.control_is_default && !dir.exists() {
+        let mode = if config.control_mode & 0o077 == 0 {
+            0o700
+        } else {
+            0o711
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let others_write = meta.mode() & 0o022 != 0;
+    let foreign = meta.uid() != peer::own_uid() && meta.uid() != 0;
+    if config.control_is_default && (others_write || foreign) {
+        return Err(format!(
+            "{} is writable by other users or owned by another user: another user could \
+             take the control socket's path; fix its ownership and mode or give --control",
+            dir.display()
+        ));
+    }
+    if others_write {
+        log::warn!(
+            "the control socket's directory {} is writable by other users: one of them could \
+             create the path while mailboxd is down and receive the backends' messages; \
+             prefer a private directory such as /run/mailboxd",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {

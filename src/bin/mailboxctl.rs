@@ -9,7 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mailboxd::config::DEFAULT_CONTROL;
+use std::time::Duration;
+
+use mailboxd::config::default_control;
 
 const HELP: &str = "\
 mailboxctl: talk to mailboxd's control socket.
@@ -26,8 +28,13 @@ Commands:
   drop <mailbox>
   info <mailbox>
   stats
+  token <mailbox> <ttl-seconds>
 
-  -s, --socket PATH   control socket [default: $MAILBOXD_SOCKET or /tmp/mailboxd.sock]
+  -s, --socket PATH   control socket [default: $MAILBOXD_SOCKET, else mailboxd's default:
+                      /run/mailboxd/control.sock for root,
+                      $XDG_RUNTIME_DIR/mailboxd/control.sock otherwise]
+  -t, --timeout SECS  give up when connecting, sending or waiting for the reply takes
+                      longer [default: 10]
   --event NAME        SSE event name for send/publish
   --except LIST       comma-separated mailboxes that publish skips
   -h, --help          this help
@@ -39,6 +46,7 @@ Prints the server's reply. Exit status: 0 OK, 1 ERR, 2 usage or connection error
 
 struct Invocation {
     socket: PathBuf,
+    timeout: Duration,
     words: Vec<String>,
     event: Option<String>,
     except: Option<String>,
@@ -48,8 +56,8 @@ fn parse_args() -> Result<Option<Invocation>, String> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
     let mut inv = Invocation {
-        socket: std::env::var_os("MAILBOXD_SOCKET")
-            .map_or_else(|| PathBuf::from(DEFAULT_CONTROL), PathBuf::from),
+        socket: std::env::var_os("MAILBOXD_SOCKET").map_or_else(default_control, PathBuf::from),
+        timeout: Duration::from_secs(10),
         words: Vec::new(),
         event: None,
         except: None,
@@ -63,6 +71,15 @@ fn parse_args() -> Result<Option<Invocation>, String> {
             Short('h') | Long("help") => return Ok(None),
             Short('s') | Long("socket") => {
                 inv.socket = parser.value().map_err(|e| e.to_string())?.into()
+            }
+            Short('t') | Long("timeout") => {
+                let v = text(parser.value().map_err(|e| e.to_string())?)?;
+                inv.timeout = v
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("--timeout: '{v}' is not a number of seconds > 0"))?;
             }
             Long("event") => inv.event = Some(text(parser.value().map_err(|e| e.to_string())?)?),
             Long("except") => inv.except = Some(text(parser.value().map_err(|e| e.to_string())?)?),
@@ -98,6 +115,7 @@ fn build_request(inv: &Invocation) -> Result<Vec<u8>, String> {
     match command.as_str() {
         "ping" | "stats" => arity(0).map(|_| simple(&command.to_ascii_uppercase())),
         "members" | "drop" | "info" => arity(1).map(|_| simple(&command.to_ascii_uppercase())),
+        "token" => arity(2).map(|_| simple("TOKEN")),
         "join" | "leave" => {
             if args.len() < 2 {
                 return Err(format!("{command} takes a group and at least one mailbox"));
@@ -162,12 +180,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reply = UnixStream::connect(&inv.socket).and_then(|mut stream| {
-        stream.write_all(&request)?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        Ok(line)
+    // Connecting blocks while the server's accept queue is full, which no
+    // socket timeout covers; the exchange runs on a helper thread and the
+    // process gives up on it at the deadline.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (socket, timeout) = (inv.socket.clone(), inv.timeout);
+    std::thread::spawn(move || {
+        let reply = UnixStream::connect(&socket).and_then(|mut stream| {
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.write_all(&request)?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            Ok(line)
+        });
+        let _ = tx.send(reply);
     });
+    let reply = rx
+        .recv_timeout(inv.timeout)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
     match reply {
         Ok(line) if line.is_empty() => {
             eprintln!("mailboxctl: the server closed the connection without a reply");
@@ -180,6 +211,19 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            eprintln!(
+                "mailboxctl: {}: no reply within {:?}",
+                inv.socket.display(),
+                inv.timeout
+            );
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("mailboxctl: {}: {e}", inv.socket.display());

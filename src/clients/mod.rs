@@ -69,7 +69,9 @@ impl Server {
         now: Instant,
     ) {
         let started = match routed {
-            Ok(route) if self.shutdown.is_none() => self.start_exchange(key, rid, route, now),
+            Ok(route) if self.shutdown.is_none() => self
+                .authorize(key, &route)
+                .and_then(|()| self.start_exchange(key, rid, route, now)),
             Ok(_) => Err(Rejection::new(
                 HttpStatus::ServiceUnavailable,
                 "shutting down",
@@ -79,6 +81,28 @@ impl Server {
         if let Err(rejection) = started {
             self.reject(key, rid, rejection, now);
         }
+    }
+
+    /// With a secret, a request must carry a valid token for its mailbox,
+    /// checked before the mailbox is even looked up. The client learns
+    /// nothing of why; the log says, at debug level.
+    fn authorize(&self, key: usize, route: &Route) -> Result<(), Rejection> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        secret
+            .verify(
+                route.token.as_deref().unwrap_or(""),
+                &route.mailbox,
+                unix_now,
+            )
+            .map_err(|e| {
+                log::debug!("conn={key} mailbox={} refused: {e}", route.mailbox);
+                Rejection::new(HttpStatus::Forbidden, "forbidden")
+            })
     }
 
     /// Answers a refused request with a short text body and closes after it.

@@ -3,7 +3,8 @@
 use crate::request::{Head, Request};
 
 /// Builds the routing request from CGI variables (`REQUEST_METHOD`,
-/// `REQUEST_URI`, `QUERY_STRING`, `HTTP_LAST_EVENT_ID`, `HTTP_ACCEPT`).
+/// `REQUEST_URI`, `QUERY_STRING`, `HTTP_LAST_EVENT_ID`, `HTTP_ACCEPT`,
+/// `HTTP_AUTHORIZATION`).
 /// The path comes from `REQUEST_URI`, else `DOCUMENT_URI`, else
 /// `SCRIPT_NAME` + `PATH_INFO` (whatever the web server provides).
 pub fn request<'a>(
@@ -34,6 +35,7 @@ pub fn request<'a>(
         query: get("QUERY_STRING")?.unwrap_or(uri_query),
         last_event_id: get("HTTP_LAST_EVENT_ID")?,
         accept: get("HTTP_ACCEPT")?,
+        authorization: get("HTTP_AUTHORIZATION")?,
     })
 }
 

@@ -67,7 +67,7 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
     };
     let mut keep_alive = version == 1;
     let mut has_body = false;
-    let (mut last_event_id, mut accept) = (None, None);
+    let (mut last_event_id, mut accept, mut authorization) = (None, None, None);
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HeadError::Malformed(format!("header {} is not UTF-8", h.name)))?;
@@ -83,6 +83,8 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
             last_event_id = Some(value);
         } else if h.name.eq_ignore_ascii_case("accept") {
             accept = Some(value);
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             has_body |= value.trim() != "0";
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -97,6 +99,7 @@ pub fn parse(buf: &[u8]) -> Result<Status<(ParsedHead<'_>, usize)>, HeadError> {
             query,
             last_event_id,
             accept,
+            authorization,
         },
         keep_alive: keep_alive && !has_body,
         has_body,
