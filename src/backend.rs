@@ -238,7 +238,7 @@ impl Server {
         let s = self.store.stats();
         let c = &self.conns.counters;
         format!(
-            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={}",
+            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={} retained_bytes={}",
             self.clients,
             s.subscribers,
             s.mailboxes,
@@ -256,6 +256,7 @@ impl Server {
             c.denied,
             c.accept_errors,
             c.control_evicted,
+            s.retained_bytes,
         )
     }
 }

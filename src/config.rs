@@ -195,6 +195,7 @@ impl Config {
             mailbox_ttl: self.mailbox_ttl,
             max_mailboxes: self.max_mailboxes,
             max_groups: self.max_groups,
+            max_memory: self.max_memory,
         }
     }
 
@@ -222,6 +223,9 @@ impl Config {
                 "retain-bytes must be at least max-message, or a message could never be retained"
                     .into(),
             );
+        }
+        if self.max_memory < self.retain_bytes {
+            return Err("max-memory must be at least retain-bytes".into());
         }
         if self.max_output < self.max_message + 64 {
             return Err(

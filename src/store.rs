@@ -67,7 +67,18 @@ pub struct StoreLimits {
     pub max_mailboxes: usize,
     /// Groups in the whole store.
     pub max_groups: usize,
+    /// What all retained messages together may cost, in bytes.
+    pub max_memory: usize,
 }
+
+/// Per retained message and mailbox, beyond the payload: the `Message` in
+/// the mailbox's queue and its entry in the server-wide eviction order.
+const MESSAGE_OVERHEAD: usize = std::mem::size_of::<Message>() + 24;
+
+/// The share of `max_mailboxes` that clients cannot take: past the rest, a
+/// client opening an unknown mailbox gets 503, while backends can still
+/// create mailboxes (a `SEND`, a `JOIN`) up to the full limit.
+pub const BACKEND_RESERVE_PERCENT: usize = 10;
 
 /// Why the store refused an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +136,8 @@ pub struct StoreStats {
     pub evicted: u64,
     /// Mailboxes expired since start.
     pub expired: u64,
+    /// What the retained messages cost, in bytes (see [`Payload::cost`]).
+    pub retained_bytes: usize,
 }
 
 /// What a (re)connecting client should be sent before live messages.
@@ -165,22 +178,9 @@ impl Mailbox {
         self.messages.back().map_or(self.horizon, |m| m.id)
     }
 
-    /// Appends to retention and evicts down to the limits; returns how many were evicted.
-    fn retain(&mut self, msg: Message, limits: &StoreLimits) -> u64 {
-        self.bytes += msg.payload.len();
-        self.messages.push_back(msg);
-        let mut evicted = 0;
-        while self.messages.len() > limits.retain
-            || (self.bytes > limits.retain_bytes && self.messages.len() > 1)
-        {
-            let Some(old) = self.messages.pop_front() else {
-                break;
-            };
-            self.bytes -= old.payload.len();
-            self.horizon = old.id;
-            evicted += 1;
-        }
-        evicted
+    /// Nothing keeps it: no message, no group, no subscriber.
+    fn is_unused(&self) -> bool {
+        self.messages.is_empty() && self.memberships.is_empty() && self.subscribers.is_empty()
     }
 
     /// Hands `msg` to every subscriber; returns how many it was written to.
@@ -247,14 +247,21 @@ pub trait MailboxStore {
     fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError>;
     /// Facts about one mailbox.
     fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo>;
-    /// Finds or creates a mailbox for a client that is opening it.
+    /// Finds or creates a mailbox for a client that is opening it. Clients
+    /// may create mailboxes only while the table is below
+    /// [`BACKEND_RESERVE_PERCENT`] of its limit.
     fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError>;
+    /// The client that opened `mailbox` is done with it without
+    /// subscribing (an answered long-poll): a mailbox that holds nothing
+    /// and belongs to no group disappears, as it does with its last subscriber.
+    fn release(&mut self, mailbox: MailboxRef);
     /// What a client resuming after `resume` (or from the start, for `None`)
     /// must be sent; `None` when the mailbox is gone.
     fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>>;
     /// Registers a subscriber on an opened mailbox.
     fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError>;
-    /// Removes a subscriber; harmless if it is no longer there.
+    /// Removes a subscriber; harmless if it is no longer there. A mailbox
+    /// left with no message, no group and no subscriber disappears.
     fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant);
     /// Removes every mailbox whose idle time has reached the TTL; returns how many.
     fn expire(&mut self, now: Instant) -> usize;
@@ -280,6 +287,16 @@ pub struct MemoryStore {
     messages: u64,
     evicted: u64,
     expired: u64,
+    /// What retained messages cost: each payload once, plus per-message overhead.
+    memory: usize,
+    /// Every retained message in id order as `(id, mailbox key, mailbox
+    /// uid)`, oldest first, for server-wide eviction past `max_memory`;
+    /// entries of messages already gone are skipped when met.
+    order: VecDeque<(u64, usize, u64)>,
+    /// The highest id that left the server with a mailbox (expired or
+    /// dropped while holding messages), or the last id before start: a new
+    /// mailbox cannot vouch for anything up to it.
+    discarded: u64,
 }
 
 impl MemoryStore {
@@ -303,6 +320,9 @@ impl MemoryStore {
             messages: 0,
             evicted: 0,
             expired: 0,
+            memory: 0,
+            order: VecDeque::new(),
+            discarded: first_id.saturating_sub(1),
         }
     }
 
@@ -447,6 +467,11 @@ impl MailboxStore for MemoryStore {
     }
 
     fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
+        let client_limit =
+            self.limits.max_mailboxes - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
+        if !self.mailbox_index.contains_key(name) && self.mailboxes.len() >= client_limit {
+            return Err(StoreError::TooManyMailboxes);
+        }
         let key = self.get_or_create(name, now)?;
         Ok(MailboxRef {
             key,
@@ -492,8 +517,19 @@ impl MailboxStore for MemoryStore {
             return;
         };
         mb.subscribers.swap_remove(i);
+        let unused = mb.is_unused();
         self.subscribers -= 1;
-        self.go_idle_if_unwatched(mailbox.key, now);
+        if unused {
+            self.remove(mailbox.key);
+        } else {
+            self.go_idle_if_unwatched(mailbox.key, now);
+        }
+    }
+
+    fn release(&mut self, mailbox: MailboxRef) {
+        if self.get(mailbox).is_some_and(Mailbox::is_unused) {
+            self.remove(mailbox.key);
+        }
     }
 
     fn expire(&mut self, now: Instant) -> usize {
@@ -528,6 +564,7 @@ impl MailboxStore for MemoryStore {
             messages: self.messages,
             evicted: self.evicted,
             expired: self.expired,
+            retained_bytes: self.memory,
         }
     }
 }
@@ -555,7 +592,7 @@ impl MemoryStore {
             uid,
             messages: VecDeque::new(),
             bytes: 0,
-            horizon: self.last_id,
+            horizon: self.discarded,
             subscribers: Vec::new(),
             memberships: Vec::new(),
             idle_since: None,
@@ -583,10 +620,8 @@ impl MemoryStore {
         let before = mailbox.subscribers.len();
         let live = mailbox.fan_out(&msg, deliver);
         let after = mailbox.subscribers.len();
-        let evicted = mailbox.retain(msg, &self.limits);
-        self.retained = self.retained + 1 - evicted as usize;
-        self.evicted += evicted;
         self.subscribers -= before - after;
+        self.retain(key, msg);
         if before > 0 && after == 0 {
             self.go_idle_if_unwatched(key, now);
         }
@@ -622,10 +657,83 @@ impl MemoryStore {
         self.next_gen
     }
 
+    /// Appends a message to a mailbox's retention and evicts down to the
+    /// mailbox's limits, then down to `max_memory` server-wide, oldest first.
+    fn retain(&mut self, key: usize, msg: Message) {
+        let mb = &mut self.mailboxes[key];
+        self.order.push_back((msg.id, key, mb.uid));
+        mb.bytes += msg.payload.cost() + MESSAGE_OVERHEAD;
+        if msg.payload.hold() {
+            self.memory += msg.payload.cost();
+        }
+        self.memory += MESSAGE_OVERHEAD;
+        mb.messages.push_back(msg);
+        self.retained += 1;
+        loop {
+            let mb = &self.mailboxes[key];
+            let over = mb.messages.len() > self.limits.retain
+                || (mb.bytes > self.limits.retain_bytes && mb.messages.len() > 1);
+            if !over {
+                break;
+            }
+            self.evict_front(key);
+        }
+        while self.memory > self.limits.max_memory {
+            let Some((id, key, uid)) = self.order.pop_front() else {
+                break;
+            };
+            let current = self
+                .mailboxes
+                .get(key)
+                .is_some_and(|m| m.uid == uid && m.messages.front().is_some_and(|f| f.id == id));
+            if current {
+                self.evict_front(key);
+            }
+        }
+        // Messages evicted per mailbox leave their entries behind; past twice
+        // the retained messages, keep only the live ones, so the order stays
+        // bounded by what is retained, not by the delivery rate.
+        if self.order.len() > 2 * self.retained + 1024 {
+            let mailboxes = &self.mailboxes;
+            self.order.retain(|&(id, key, uid)| {
+                mailboxes.get(key).is_some_and(|m| {
+                    m.uid == uid && m.messages.binary_search_by_key(&id, |m| m.id).is_ok()
+                })
+            });
+        }
+    }
+
+    /// Evicts a mailbox's oldest message; its id becomes the horizon.
+    fn evict_front(&mut self, key: usize) {
+        let mb = &mut self.mailboxes[key];
+        let Some(old) = mb.messages.pop_front() else {
+            return;
+        };
+        mb.bytes -= old.payload.cost() + MESSAGE_OVERHEAD;
+        mb.horizon = old.id;
+        self.unhold(&old);
+        self.retained -= 1;
+        self.evicted += 1;
+    }
+
+    /// Takes a message that leaves retention out of the memory count.
+    fn unhold(&mut self, msg: &Message) {
+        if msg.payload.release() {
+            self.memory -= msg.payload.cost();
+        }
+        self.memory -= MESSAGE_OVERHEAD;
+    }
+
     /// Removes a mailbox from its groups and the store; returns its subscribers.
     fn remove(&mut self, key: usize) -> Vec<SubscriberId> {
         let mailbox = self.mailboxes.remove(key);
         self.mailbox_index.remove(&mailbox.name);
+        if !mailbox.messages.is_empty() {
+            self.discarded = self.discarded.max(mailbox.last_id());
+        }
+        for msg in &mailbox.messages {
+            self.unhold(msg);
+        }
         self.retained -= mailbox.messages.len();
         self.subscribers -= mailbox.subscribers.len();
         for membership in mailbox.memberships {
@@ -667,6 +775,7 @@ mod tests {
             mailbox_ttl: Duration::from_secs(10),
             max_mailboxes: 100,
             max_groups: 10,
+            max_memory: 1 << 30,
         }
     }
 
@@ -732,14 +841,131 @@ mod tests {
     }
 
     #[test]
-    fn resume_from_before_mailbox_existed_is_a_gap() {
+    fn resume_from_before_the_server_or_a_discarded_mailbox_is_a_gap() {
+        let now = Instant::now();
+        let mut s = MemoryStore::new(limits(), 1000);
+        let r = s.open("fresh", now).unwrap();
+        assert!(
+            s.backlog(r, Some(500)).unwrap().gap,
+            "from before the start"
+        );
+        assert!(!s.backlog(r, Some(999)).unwrap().gap);
+        let (id, _) = s
+            .send("other", &payload("x"), now, &mut |_, _| Outcome::Keep)
+            .unwrap();
+        assert!(
+            !s.backlog(r, Some(999)).unwrap().gap,
+            "other mailboxes lose nothing"
+        );
+        s.drop_mailbox("other").unwrap();
+        let r = s.open("later", now).unwrap();
+        assert!(
+            s.backlog(r, Some(999)).unwrap().gap,
+            "it may have been 'later'"
+        );
+        assert!(!s.backlog(r, Some(id)).unwrap().gap);
+    }
+
+    #[test]
+    fn a_client_mailbox_that_holds_nothing_goes_with_its_last_subscriber() {
+        let now = Instant::now();
+        let mut s = MemoryStore::new(limits(), 1000);
+        let r = s.open("ghost", now).unwrap();
+        s.subscribe(r, SubscriberId(1)).unwrap();
+        s.unsubscribe(r, SubscriberId(1), now);
+        assert!(s.info("ghost", now).is_none());
+        // An answered long-poll that never subscribed leaves nothing either.
+        let r = s.open("ghost", now).unwrap();
+        s.release(r);
+        assert_eq!(s.stats().mailboxes, 0);
+        // Coming back later: no false gap, since nothing was lost.
+        let r = s.open("ghost", now).unwrap();
+        assert!(!s.backlog(r, Some(999)).unwrap().gap);
+        // In a group, or holding a message, it stays.
+        s.join("g", &["member"], now).unwrap();
+        let r = s.open("member", now).unwrap();
+        s.release(r);
+        assert!(s.info("member", now).is_some());
+        s.send("kept", &payload("x"), now, &mut |_, _| Outcome::Keep)
+            .unwrap();
+        let r = s.open("kept", now).unwrap();
+        s.subscribe(r, SubscriberId(2)).unwrap();
+        s.unsubscribe(r, SubscriberId(2), now);
+        assert!(s.info("kept", now).is_some());
+    }
+
+    #[test]
+    fn clients_cannot_take_the_backends_share_of_the_table() {
         let now = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
-        s.send("other", &payload("x"), now, &mut |_, _| Outcome::Keep)
+        for i in 0..90 {
+            s.open(&format!("c{i}"), now).unwrap();
+        }
+        assert_eq!(s.open("c90", now), Err(StoreError::TooManyMailboxes));
+        assert!(s.open("c5", now).is_ok(), "existing ones still open");
+        for i in 0..10 {
+            s.send(&format!("b{i}"), &payload("x"), now, &mut |_, _| {
+                Outcome::Keep
+            })
             .unwrap();
-        let r = s.open("fresh", now).unwrap();
-        assert!(s.backlog(r, Some(0)).unwrap().gap);
-        assert!(!s.backlog(r, Some(1)).unwrap().gap);
+        }
+        assert_eq!(
+            s.send("b10", &payload("x"), now, &mut |_, _| Outcome::Keep),
+            Err(StoreError::TooManyMailboxes)
+        );
+    }
+
+    #[test]
+    fn retention_counts_encodings_and_shared_payloads_once() {
+        let now = Instant::now();
+        let mut s = MemoryStore::new(limits(), 1);
+        let p = payload(&"x".repeat(1000));
+        s.join("g", &["a", "b", "c"], now).unwrap();
+        s.publish("g", &p, &[], now, &mut |_, _| Outcome::Keep);
+        assert!(p.cost() > 3000, "data, SSE and JSON: {}", p.cost());
+        assert_eq!(s.stats().retained_bytes, p.cost() + 3 * MESSAGE_OVERHEAD);
+        s.drop_mailbox("a").unwrap();
+        s.drop_mailbox("b").unwrap();
+        assert_eq!(s.stats().retained_bytes, p.cost() + MESSAGE_OVERHEAD);
+        s.drop_mailbox("c").unwrap();
+        assert_eq!(s.stats().retained_bytes, 0);
+    }
+
+    #[test]
+    fn max_memory_evicts_the_oldest_server_wide() {
+        let now = Instant::now();
+        let mut l = limits();
+        l.retain = 100;
+        let one = payload(&"y".repeat(1000)).cost() + MESSAGE_OVERHEAD;
+        l.max_memory = 10 * one;
+        let mut s = MemoryStore::new(l, 1);
+        let mut ids = vec![];
+        for i in 0..30 {
+            let name = ["a", "b", "c"][i % 3];
+            let (id, _) = s
+                .send(name, &payload(&"y".repeat(1000)), now, &mut |_, _| {
+                    Outcome::Keep
+                })
+                .unwrap();
+            ids.push(id);
+        }
+        let st = s.stats();
+        assert_eq!((st.retained, st.evicted), (10, 20));
+        assert!(st.retained_bytes <= 10 * one);
+        // "a" kept its newest messages; resuming before them is a gap.
+        let r = s.open("a", now).unwrap();
+        let (gap, oldest) = {
+            let b = s.backlog(r, Some(ids[0])).unwrap();
+            (b.gap, b.oldest)
+        };
+        assert!(gap);
+        assert!(oldest.unwrap() >= ids[20]);
+        // The eviction order stays bounded by what is retained.
+        for _ in 0..5000 {
+            s.send("a", &payload("z"), now, &mut |_, _| Outcome::Keep)
+                .unwrap();
+        }
+        assert!(s.order.len() <= 2 * s.stats().retained + 1024 + 1);
     }
 
     #[test]
@@ -844,6 +1070,8 @@ mod tests {
     fn expiry_heap_stays_bounded_under_churn() {
         let t0 = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
+        s.send("a", &payload("kept"), t0, &mut |_, _| Outcome::Keep)
+            .unwrap();
         let r = s.open("a", t0).unwrap();
         for i in 0..10_000 {
             s.subscribe(r, SubscriberId(i)).unwrap();

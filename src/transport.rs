@@ -137,6 +137,48 @@ pub fn sse_body(payload: &Payload) -> Vec<u8> {
     out
 }
 
+/// The exact length of [`sse_body`] for this event and data, without building it.
+pub fn sse_body_len(event: Option<&str>, data: &[u8]) -> usize {
+    let mut lines = 1;
+    let mut terminators = 0;
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' if data.get(i + 1) == Some(&b'\n') => {
+                lines += 1;
+                terminators += 2;
+                i += 1;
+            }
+            b'\r' | b'\n' => {
+                lines += 1;
+                terminators += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let event = event.map_or(0, |e| "event: ".len() + e.len() + 1);
+    event + lines * ("data: ".len() + 1) + (data.len() - terminators) + 1
+}
+
+/// The length of `s` as a JSON string literal, quotes included.
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// The exact length of a payload's cached long-poll JSON tail.
+pub fn json_tail_len(event: Option<&str>, data: &str) -> usize {
+    let event = event.map_or(4, json_string_len);
+    "\"event\":".len() + event + ",\"data\":".len() + json_string_len(data) + 1
+}
+
 /// Appends `s` as a JSON string literal.
 pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
@@ -281,6 +323,24 @@ mod tests {
         let mut out = vec![];
         Transport::Stream.message(&msg(1, Some("e"), "hello"), &mut out);
         assert_eq!(concat(&out), "hello\n");
+    }
+
+    #[test]
+    fn encoded_lengths_are_known_in_advance() {
+        let alphabet = b"ab\r\n\t\"\\\x01\x7f";
+        for data in crate::codec::random_inputs(7, alphabet, 40, 2000) {
+            let data = String::from_utf8(data).unwrap();
+            for event in [None, Some("chat")] {
+                let p = Payload::new(event, &data);
+                assert_eq!(
+                    sse_body_len(event, data.as_bytes()),
+                    sse_body(&p).len(),
+                    "{data:?}"
+                );
+                assert_eq!(json_tail_len(event, &data), json_tail(&p).len(), "{data:?}");
+                assert!(p.cost() > sse_body(&p).len() + json_tail(&p).len() + data.len());
+            }
+        }
     }
 
     #[test]

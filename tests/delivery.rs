@@ -55,7 +55,7 @@ fn resume_with_last_event_id_gets_exactly_the_missed_messages() {
     let got: Vec<u64> = (0..3).map(|_| sse.next_event().id.unwrap()).collect();
     assert_eq!(got, seen);
     drop(sse);
-    srv.wait_info("bob", |r| r.contains("subscribers=0"));
+    srv.wait_unsubscribed("bob");
 
     let missed: Vec<u64> = (3..7)
         .map(|i| ctl.send("bob", &format!("m{i}")).0)

@@ -244,7 +244,7 @@ fn abort_request_ends_the_request_at_once() {
         }
         out.push_str(std::str::from_utf8(&r.content).unwrap());
     }
-    srv.wait_info("jack", |r| r.contains("subscribers=0"));
+    srv.wait_unsubscribed("jack");
     // The connection (KEEP_CONN) still serves requests.
     ctl.send("jack", "after abort");
     c.send(&get_request(4, true, "/comet/jack?transport=poll"));

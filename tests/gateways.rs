@@ -65,7 +65,7 @@ fn suite(srv: &Mailboxd, port: u16, label: &str) -> Duration {
 
     // Resume after a disconnect: exactly the missed messages, in order.
     drop(sse);
-    srv.wait_info("alice", |r| r.contains("subscribers=0"));
+    srv.wait_unsubscribed("alice");
     let missed: Vec<u64> = (0..3)
         .map(|i| ctl.send("alice", &format!("missed {i}")).0)
         .collect();
@@ -160,7 +160,7 @@ fn suite(srv: &Mailboxd, port: u16, label: &str) -> Duration {
     srv.wait_info("victim", |r| r.contains("subscribers=1"));
     let killed = Instant::now();
     drop(sse);
-    srv.wait_info("victim", |r| r.contains("subscribers=0"));
+    srv.wait_unsubscribed("victim");
     let delay = killed.elapsed();
     eprintln!("abort detection {label}: {} ms", delay.as_millis());
     delay

@@ -158,7 +158,9 @@ impl Server {
             let last_id = match last_id {
                 Ok(id) => id,
                 Err(body) => {
-                    // Something to say already: answer without parking.
+                    // Something to say already: answer without parking. A
+                    // mailbox opened only to report a gap goes again at once.
+                    self.store.release(mailbox);
                     self.send_answer(key, rid, body, now);
                     return Ok(());
                 }

@@ -184,6 +184,14 @@ impl Mailboxd {
     }
 
     /// Polls `INFO` until `pred` holds for its reply.
+    /// Waits until `mailbox` has no subscriber: INFO says so, or the mailbox
+    /// is gone (one that holds nothing disappears with its last subscriber).
+    pub fn wait_unsubscribed(&self, mailbox: &str) {
+        self.wait_info(mailbox, |r| {
+            r.contains("subscribers=0") || r.starts_with("ERR NOTFOUND")
+        });
+    }
+
     pub fn wait_info(&self, mailbox: &str, pred: impl Fn(&str) -> bool) -> String {
         let mut ctl = self.ctl();
         wait_for(Duration::from_secs(5), || {
