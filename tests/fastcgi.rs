@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -406,4 +406,69 @@ fn scgi_requests_and_malformed_heads() {
             .then_some(())
     });
     assert_eq!(ctl.cmd("PING"), "PONG");
+}
+
+/// `BEGIN_REQUEST` then `PARAMS` dripped one byte at a time: every request
+/// must complete its head within `--request-timeout`.
+#[test]
+fn dripped_params_are_cut_at_the_request_timeout() {
+    let srv = Mailboxd::start_raw(&["--fastcgi", "127.0.0.1:0", "--request-timeout", "2"]);
+    let mut drippers: Vec<FcgiClient> = (0..50)
+        .map(|_| {
+            let mut c = FcgiClient::connect(&srv);
+            c.send(&record(BEGIN, 1, &[0, 1, 0, 0, 0, 0, 0, 0]));
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    let mut open = drippers.len();
+    while open > 0 && started.elapsed() < Duration::from_secs(6) {
+        open = 0;
+        for c in drippers.iter_mut() {
+            if c.stream.write_all(&record(PARAMS, 1, b"x")).is_ok() {
+                open += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(open, 0, "every dripping connection was closed");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    wait_for(Duration::from_secs(5), || {
+        srv.ctl()
+            .cmd("STATS")
+            .contains("connections=0 ")
+            .then_some(())
+    });
+}
+
+/// Many unfinished requests on one connection cannot hold more than 64 KiB
+/// of parameters between them.
+#[test]
+fn unfinished_params_are_capped_per_connection() {
+    let srv = fcgi_server();
+    let mut c = FcgiClient::connect(&srv);
+    let chunk = vec![b'p'; 30_000];
+    let mut closed_after = None;
+    for id in 1..=64u16 {
+        let mut begin_and_params = record(BEGIN, id, &[0, 1, 0, 0, 0, 0, 0, 0]);
+        begin_and_params.extend(record(PARAMS, id, &chunk));
+        if c.stream.write_all(&begin_and_params).is_err() {
+            closed_after = Some(id);
+            break;
+        }
+    }
+    // Closed with our unread records pending: a reset, or an end of stream.
+    let mut b = [0u8; 64];
+    let closed = match c.stream.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(
+        closed,
+        "closed once past the cap (after request {closed_after:?})"
+    );
+    wait_for(Duration::from_secs(5), || {
+        srv.log().contains("64 KiB of PARAMS").then_some(())
+    });
 }

@@ -132,3 +132,213 @@ fn refused_connections_log_one_line_per_interval() {
     assert_eq!(lines, 1, "{}", srv.log());
     drop(held);
 }
+
+#[test]
+fn a_length_too_large_to_skip_closes_instead_of_swallowing_commands() {
+    let srv = Mailboxd::start(&[]);
+    let mut ctl = srv.ctl();
+    ctl.write(b"SEND x 9223372036854775808\nPING\n");
+    let reply = ctl.line();
+    assert!(
+        reply.starts_with("ERR TOOBIG") && reply.contains("closing"),
+        "{reply}"
+    );
+    assert_eq!(ctl.read_to_end(), "", "nothing after it is executed");
+    // Lengths that can be skipped still are, and the connection goes on.
+    let mut ctl = srv.ctl();
+    ctl.write(b"SEND x 70000\n");
+    ctl.write(&vec![b'a'; 70001]);
+    assert!(ctl.line().starts_with("ERR TOOBIG"));
+    assert_eq!(ctl.cmd("PING"), "PONG");
+}
+
+#[test]
+fn idle_control_connections_never_lock_out_a_backend() {
+    let srv = Mailboxd::start(&[]);
+    let mut idle: Vec<std::os::unix::net::UnixStream> = Vec::new();
+    for _ in 0..1500 {
+        idle.push(std::os::unix::net::UnixStream::connect(&srv.control).unwrap());
+    }
+    let mut backend = srv.ctl();
+    assert_eq!(backend.cmd("PING"), "PONG");
+    let stats = backend.cmd("STATS");
+    let evicted: usize = stats
+        .split(' ')
+        .find_map(|f| f.strip_prefix("control_evicted="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(evicted, 1500 + 1 - 256, "{stats}");
+    assert!(stats.contains(" refused=0"), "{stats}");
+}
+
+#[test]
+fn mailboxctl_gives_up_on_a_server_that_never_answers() {
+    let dir = TempDir::new("mute");
+    let path = dir.path().join("mute.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(bin("mailboxctl"))
+        .args(["-s", path.to_str().unwrap(), "--timeout", "1", "ping"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply within"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(listener);
+}
+
+#[test]
+fn descriptor_exhaustion_spares_the_control_socket_and_recovers() {
+    let srv = Mailboxd::start(&[]);
+    let pid = srv.child.id().to_string();
+    let mut witness = Witness::open(&srv, "witness");
+    // Leave room for only a few dozen client descriptors.
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=48:48"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let clients: Vec<TcpStream> = (0..80)
+        .map(|_| request(srv.port, "/comet/crowd", &[]))
+        .collect();
+    let mut ctl = wait_for(Duration::from_secs(5), || {
+        let mut ctl = srv.ctl();
+        (ctl.cmd("PING") == "PONG").then_some(ctl)
+    });
+    let accept_errors = |ctl: &mut Ctl| -> u64 {
+        let stats = ctl.cmd("STATS");
+        stats
+            .split(' ')
+            .find_map(|f| f.strip_prefix("accept_errors="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    wait_for(Duration::from_secs(5), || {
+        (accept_errors(&mut ctl) > 0).then_some(())
+    });
+    witness.check(&mut ctl, "witness");
+    let parked = |ctl: &mut Ctl| -> usize {
+        let info = ctl.cmd("INFO crowd");
+        info.split(' ')
+            .find_map(|f| f.strip_prefix("subscribers="))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let before = parked(&mut ctl);
+    assert!(before < 80, "{before}");
+    // Closing clients frees descriptors: the queued ones get in.
+    drop(clients.into_iter().take(30).collect::<Vec<_>>());
+    let after = wait_for(Duration::from_secs(5), || {
+        let n = parked(&mut ctl);
+        (n > before.saturating_sub(30) + 10).then_some(n)
+    });
+    assert!(after > 0);
+    assert!(srv.log().matches("accept on http listener failed").count() <= 2);
+}
+
+#[test]
+fn clients_cannot_fill_the_mailbox_table() {
+    let srv = Mailboxd::start(&["--max-mailboxes", "1000", "--max-connections", "2000"]);
+    let mut ctl = srv.ctl();
+    // Fresh names answered at once (a gap from before the start) leave nothing.
+    let mut flood = Vec::new();
+    for i in 0..5000 {
+        flood.extend_from_slice(
+            format!("GET /comet/f{i}?transport=poll&since=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    let reader = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 {
+                    break;
+                }
+                n += String::from_utf8_lossy(&buf[..k])
+                    .matches("\"gap\":true")
+                    .count();
+                if n >= 5000 {
+                    break;
+                }
+            }
+            n
+        })
+    };
+    s.write_all(&flood).unwrap();
+    assert_eq!(reader.join().unwrap(), 5000);
+    let stats = ctl.cmd("STATS");
+    assert!(stats.contains(" mailboxes=0 "), "{stats}");
+    // Clients parked on 950 names: those past 90% of the table get 503...
+    let parked: Vec<TcpStream> = (0..950)
+        .map(|i| request(srv.port, &format!("/comet/p{i}"), &[]))
+        .collect();
+    wait_for(Duration::from_secs(10), || {
+        ctl.cmd("STATS").contains(" mailboxes=900 ").then_some(())
+    });
+    // ...and backends can still create mailboxes.
+    for i in 0..100 {
+        assert!(ctl.cmd(&format!("SEND b{i} 1\nx")).starts_with("OK "));
+    }
+    assert!(ctl.cmd("SEND b100 1\nx").starts_with("ERR FULL"));
+    drop(parked);
+}
+
+#[test]
+fn retained_messages_stay_within_max_memory_whatever_their_encodings() {
+    let srv = Mailboxd::start(&[
+        "--max-memory",
+        "33554432",
+        "--retain-bytes",
+        "8388608",
+        "--retain",
+        "1000",
+    ]);
+    let mut ctl = srv.ctl();
+    let before = rss_kib(&srv);
+    // Subscribers make every payload's SSE encoding exist; 100 MiB in all.
+    let readers: Vec<_> = (0..20)
+        .map(|i| {
+            let mut s = request(srv.port, &format!("/comet/r{i}"), &[]);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            })
+        })
+        .collect();
+    srv.wait_info("r19", |r| r.contains("subscribers=1"));
+    let payload = "p".repeat(60_000);
+    for round in 0..90 {
+        let mut batch = Vec::new();
+        for i in 0..20 {
+            batch.extend_from_slice(format!("SEND r{i} {}\n{payload}\n", payload.len()).as_bytes());
+        }
+        ctl.write(&batch);
+        for _ in 0..20 {
+            assert!(ctl.line().starts_with("OK "), "round {round}");
+        }
+    }
+    let stats = ctl.cmd("STATS");
+    let retained_bytes: u64 = stats
+        .split(' ')
+        .find_map(|f| f.strip_prefix("retained_bytes="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retained_bytes <= 32 << 20, "{stats}");
+    assert!(stats.contains(" evicted="), "{stats}");
+    let grown = rss_kib(&srv).saturating_sub(before);
+    // 32 MiB of retention plus allocator slack and queued output; 100 MiB
+    // of payload went through.
+    assert!(grown < 80 * 1024, "RSS grew by {grown} KiB; {stats}");
+    for r in readers {
+        r.join().unwrap();
+    }
+}

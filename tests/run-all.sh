@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (Debian packages, only when missing) and
-# runs every test: codec unit tests, the real binary over real sockets, and
-# end-to-end runs behind real lighttpd and nginx.
+# runs every test: codec unit tests, the real binary over real sockets,
+# end-to-end runs behind real lighttpd and nginx, and attacks (including a
+# vanished peer in network namespaces, hence root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v cgi-fcgi >/dev/null || need+=(libfcgi-bin)
 command -v php >/dev/null || need+=(php-cli)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v ip >/dev/null || need+=(iproute2)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v prlimit >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
