@@ -9,7 +9,7 @@
 //!
 //! `expiry` is decimal Unix seconds; base64url has no padding. The token
 //! uses only `[A-Za-z0-9._-]`, so it travels unquoted in a URL. The key is
-//! the secret file's content without trailing whitespace. `docs/security.md`
+//! the secret file's content without trailing spaces, tabs, CR and LF. `docs/security.md`
 //! is the normative description, with a test vector.
 //!
 //! Verification is pure (the caller passes the time) and compares MACs in
@@ -120,7 +120,11 @@ impl Secret {
             )));
         }
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let key = bytes.trim_ascii_end();
+        let end = bytes
+            .iter()
+            .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            .map_or(0, |i| i + 1);
+        let key = &bytes[..end];
         let mut secret = Secret::from_key(key).map_err(err)?;
         secret.path = path.to_path_buf();
         Ok(secret)

@@ -186,3 +186,57 @@ fn which(tool: &str) -> PathBuf {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{tool} is not installed: run tests/run-all.sh, which installs the test dependencies"))
 }
+
+/// The token examples (Python, PHP, shell) reproduce the test vector of
+/// docs/security.md, and their tokens open a mailbox on a live mailboxd.
+#[test]
+fn backend_token_examples_match_the_vector_and_the_server() {
+    const VECTOR: &str = "v1.1900000000.m8tfWhOZInZ_4Cxca7onm8CW_Mwrq9PYwCWi1ULYBdo";
+    let dir = TempDir::new("tok");
+    let key = dir.path().join("secret");
+    // Trailing whitespace is not part of the key.
+    std::fs::write(&key, "mailboxd-test-vector-key-0123456789 \r\n\n").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let key_s = key.to_str().unwrap();
+    let backends = contrib("backends");
+    let py = format!(
+        "import sys; sys.path.insert(0, {:?}); import mailboxd as m; print(m.mint_token(m.load_key({key_s:?}), sys.argv[1], int(sys.argv[2]), now=int(sys.argv[3])))",
+        backends.to_str().unwrap()
+    );
+    let php = format!(
+        "require {:?}; echo mailboxd_token(mailboxd_key({key_s:?}), $argv[1], (int) $argv[2], (int) $argv[3]), \"\\n\";",
+        backends.join("mailboxd.php").to_str().unwrap()
+    );
+    let mint = |lang: &str, mailbox: &str, ttl: u64, now: u64| -> String {
+        let (ttl, now) = (ttl.to_string(), now.to_string());
+        let (code, out, err) = match lang {
+            "python" => run(Command::new("python3").args(["-c", &py, mailbox, &ttl, &now])),
+            "php" => run(Command::new("php").args(["-r", &php, mailbox, &ttl, &now])),
+            _ => run(Command::new("sh")
+                .arg(backends.join("token.sh"))
+                .args([key_s, mailbox, &ttl])
+                .env("NOW", &now)),
+        };
+        assert_eq!(code, 0, "{lang}: {err}");
+        out.trim().to_string()
+    };
+    let srv = Mailboxd::start(&["--secret-file", key_s]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for lang in ["python", "php", "shell"] {
+        assert_eq!(mint(lang, "alice", 300, 1_899_999_700), VECTOR, "{lang}");
+        let token = mint(lang, "erin", 60, now);
+        let (status, _, _) = get(
+            srv.port,
+            &format!("/comet/erin?transport=poll&since=1&token={token}"),
+        );
+        assert_eq!(status, 200, "{lang}");
+        let (status, _, _) = get(
+            srv.port,
+            &format!("/comet/frank?transport=poll&token={token}"),
+        );
+        assert_eq!(status, 403, "{lang}: bound to its mailbox");
+    }
+}

@@ -9,6 +9,23 @@
 //
 // Errors from the server throw MailboxdException with the stable code.
 // From a shell: php mailboxd.php SOCKET send alice hi
+//
+// mailboxd_token($key, 'alice', 300) signs a browser's access token without
+// a round trip (mailboxd with --secret-file; see docs/security.md).
+
+/** The signing key: the secret file without trailing spaces, tabs, CR and LF. */
+function mailboxd_key(string $path): string
+{
+    return rtrim(file_get_contents($path), " \t\r\n");
+}
+
+/** A token opening $mailbox for $ttl seconds. */
+function mailboxd_token(string $key, string $mailbox, int $ttl, ?int $now = null): string
+{
+    $expiry = ($now ?? time()) + $ttl;
+    $tag = hash_hmac('sha256', "mailboxd-token-v1\n$mailbox\n$expiry", $key, true);
+    return "v1.$expiry." . rtrim(strtr(base64_encode($tag), '+/', '-_'), '=');
+}
 
 class MailboxdException extends Exception
 {
@@ -26,8 +43,12 @@ class Mailboxd
 {
     private $conn;
 
-    public function __construct(string $path = '/tmp/mailboxd.sock', float $timeout = 5.0)
+    public function __construct(?string $path = null, float $timeout = 5.0)
     {
+        // mailboxd's own default: /run/mailboxd for root, else $XDG_RUNTIME_DIR/mailboxd.
+        $path ??= getenv('MAILBOXD_SOCKET') ?: (posix_getuid() === 0
+            ? '/run/mailboxd/control.sock'
+            : (getenv('XDG_RUNTIME_DIR') ?: getenv('HOME')) . (getenv('XDG_RUNTIME_DIR') ? '/mailboxd' : '/.mailboxd') . '/control.sock');
         $this->conn = @stream_socket_client('unix://' . $path, $errno, $errstr, $timeout);
         if ($this->conn === false) {
             throw new RuntimeException("mailboxd: cannot connect to $path: $errstr");

@@ -8,14 +8,45 @@
 
 One connection is kept and reused; requests may be pipelined with
 `pipeline()`. Errors from the server raise MailboxdError with the stable code.
+`mint_token(key, mailbox, ttl)` signs a browser's access token without a
+round trip (mailboxd started with --secret-file; docs/security.md).
 Run as a script for a tiny CLI: python3 mailboxd.py [-s SOCKET] send alice hi
 """
 
+import base64
+import hashlib
+import hmac
 import os
 import socket
 import sys
+import time
 
-DEFAULT_SOCKET = os.environ.get("MAILBOXD_SOCKET", "/tmp/mailboxd.sock")
+
+def _default_socket():
+    """mailboxd's own default: /run/mailboxd for root, else $XDG_RUNTIME_DIR/mailboxd."""
+    if os.getuid() == 0:
+        return "/run/mailboxd/control.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or os.path.join(os.path.expanduser("~"), ".mailboxd")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = os.path.join(runtime, "mailboxd")
+    return os.path.join(runtime, "control.sock")
+
+
+DEFAULT_SOCKET = os.environ.get("MAILBOXD_SOCKET") or _default_socket()
+
+
+def load_key(path):
+    """The signing key: the secret file without trailing spaces, tabs, CR and LF."""
+    with open(path, "rb") as f:
+        return f.read().rstrip(b" \t\r\n")
+
+
+def mint_token(key, mailbox, ttl, now=None):
+    """A token opening `mailbox` for `ttl` seconds (key: bytes, see load_key)."""
+    expiry = int(now if now is not None else time.time()) + int(ttl)
+    message = b"mailboxd-token-v1\n" + mailbox.encode() + b"\n" + str(expiry).encode()
+    tag = hmac.new(key, message, hashlib.sha256).digest()
+    return "v1.%d.%s" % (expiry, base64.urlsafe_b64encode(tag).rstrip(b"=").decode())
 
 
 class MailboxdError(Exception):
