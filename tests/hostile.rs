@@ -85,6 +85,7 @@ fn pipelined_long_polls_that_are_never_read_stay_bounded() {
         a.join().unwrap();
     }
     let grown = rss_kib(&srv).saturating_sub(before);
+    eprintln!("pipelined unread polls, 8 connections, 3 s: RSS +{grown} KiB");
     // Each connection holds at most 64 KiB of answers plus one answer and
     // its read buffer: a few MiB for eight, where unbounded growth was
     // about 1 GB in this time.
@@ -155,6 +156,8 @@ fn a_length_too_large_to_skip_closes_instead_of_swallowing_commands() {
 #[test]
 fn idle_control_connections_never_lock_out_a_backend() {
     let srv = Mailboxd::start(&[]);
+    let mut witness = Witness::open(&srv, "witness");
+    let before = rss_kib(&srv);
     let mut idle: Vec<std::os::unix::net::UnixStream> = Vec::new();
     for _ in 0..1500 {
         idle.push(std::os::unix::net::UnixStream::connect(&srv.control).unwrap());
@@ -170,6 +173,9 @@ fn idle_control_connections_never_lock_out_a_backend() {
         .unwrap();
     assert_eq!(evicted, 1500 + 1 - 256, "{stats}");
     assert!(stats.contains(" refused=0"), "{stats}");
+    witness.check(&mut backend, "witness");
+    let grown = rss_kib(&srv).saturating_sub(before);
+    eprintln!("1,500 idle control connections: RSS +{grown} KiB");
 }
 
 #[test]
@@ -242,6 +248,8 @@ fn descriptor_exhaustion_spares_the_control_socket_and_recovers() {
 fn clients_cannot_fill_the_mailbox_table() {
     let srv = Mailboxd::start(&["--max-mailboxes", "1000", "--max-connections", "2000"]);
     let mut ctl = srv.ctl();
+    let mut witness = Witness::open(&srv, "witness");
+    let before = rss_kib(&srv);
     // Fresh names answered at once (a gap from before the start) leave nothing.
     let mut flood = Vec::new();
     for i in 0..5000 {
@@ -274,7 +282,11 @@ fn clients_cannot_fill_the_mailbox_table() {
     s.write_all(&flood).unwrap();
     assert_eq!(reader.join().unwrap(), 5000);
     let stats = ctl.cmd("STATS");
-    assert!(stats.contains(" mailboxes=0 "), "{stats}");
+    assert!(
+        stats.contains(" mailboxes=1 "),
+        "only the witness's: {stats}"
+    );
+    witness.check(&mut ctl, "witness");
     // Clients parked on 950 names: those past 90% of the table get 503...
     let parked: Vec<TcpStream> = (0..950)
         .map(|i| request(srv.port, &format!("/comet/p{i}"), &[]))
@@ -282,6 +294,9 @@ fn clients_cannot_fill_the_mailbox_table() {
     wait_for(Duration::from_secs(10), || {
         ctl.cmd("STATS").contains(" mailboxes=900 ").then_some(())
     });
+    witness.check(&mut ctl, "witness");
+    let grown = rss_kib(&srv).saturating_sub(before);
+    eprintln!("5,000 fresh names polled, then 950 parked: RSS +{grown} KiB");
     // ...and backends can still create mailboxes.
     for i in 0..100 {
         assert!(ctl.cmd(&format!("SEND b{i} 1\nx")).starts_with("OK "));
@@ -337,8 +352,24 @@ fn retained_messages_stay_within_max_memory_whatever_their_encodings() {
     let grown = rss_kib(&srv).saturating_sub(before);
     // 32 MiB of retention plus allocator slack and queued output; 100 MiB
     // of payload went through.
+    eprintln!(
+        "100 MiB of payload through 20 subscribed mailboxes, --max-memory 32 MiB: RSS +{grown} KiB, {retained_bytes} retained bytes"
+    );
     assert!(grown < 80 * 1024, "RSS grew by {grown} KiB; {stats}");
     for r in readers {
         r.join().unwrap();
     }
+}
+
+#[test]
+fn retain_bytes_counts_what_a_message_costs_in_memory() {
+    let srv = Mailboxd::start(&["--retain-bytes", "200000", "--retain", "1000"]);
+    let mut ctl = srv.ctl();
+    // 20 KB of text costs three times that with its SSE and JSON
+    // encodings: 200,000 bytes hold three of them, not ten.
+    for _ in 0..10 {
+        ctl.send("costly", &"t".repeat(20_000));
+    }
+    let info = ctl.cmd("INFO costly");
+    assert!(info.contains("retained=3 "), "{info}");
 }

@@ -6,7 +6,7 @@
 #   chat.sh say ROOM USER TEXT    # everyone in ROOM but USER gets TEXT
 #   chat.sh leave ROOM USER
 #
-# MAILBOXD_SOCKET selects the control socket (default /tmp/mailboxd.sock);
+# MAILBOXD_SOCKET selects the control socket (default: mailboxd's, as mailboxctl finds it);
 # MAILBOXCTL the binary (default: mailboxctl on the PATH).
 set -eu
 ctl=${MAILBOXCTL:-mailboxctl}
