@@ -17,7 +17,9 @@ impl Server {
     /// Reading goes on while the input buffer fills up and requests are
     /// consumed (a client may pipeline far more than one buffer in one
     /// write, and readiness will not be reported again for bytes already
-    /// waiting), and stops while the connection is paused.
+    /// waiting), and stops while the connection is paused; whatever pauses
+    /// it leaves bytes in the socket, and the flush that unpauses it reads
+    /// them.
     pub(super) fn http_readable(&mut self, key: usize, now: Instant) {
         loop {
             let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
@@ -45,7 +47,16 @@ impl Server {
             }
             let before = self.http_buffered(key);
             self.http_process(key, now);
-            if !full || self.http_buffered(key) >= before {
+            if !full {
+                return;
+            }
+            if self.http_buffered(key) >= before {
+                // A full buffer behind a held long-poll: the rest stays in
+                // the socket until the answer has gone out, and the flush
+                // that sends it resumes reading.
+                if let Some(conn) = self.conns.slab.get_mut(key) {
+                    conn.paused = true;
+                }
                 return;
             }
         }

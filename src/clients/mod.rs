@@ -297,9 +297,8 @@ impl Server {
             self.conns.slab.get(key).map(|c| &c.proto),
             Some(Proto::Http(_))
         ) {
-            // Requests the client pipelined meanwhile, buffered or still in the socket.
+            // Requests the client pipelined meanwhile.
             self.http_process(key, now);
-            self.http_readable(key, now);
         }
     }
 

@@ -298,6 +298,14 @@ impl Ctl {
     }
 }
 
+/// The value of `name=<n>` in an `INFO` or `STATS` reply.
+pub fn field(reply: &str, name: &str) -> Option<u64> {
+    reply
+        .split(' ')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 pub fn parse_ok2(reply: &str) -> (u64, usize) {
     let parts: Vec<&str> = reply.split(' ').collect();
     assert_eq!(parts.len(), 3, "unexpected reply {reply:?}");
