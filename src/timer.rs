@@ -37,10 +37,12 @@ pub struct Due {
     pub slot: u32,
 }
 
-/// Pending deadlines.
+/// Pending deadlines. Every parked subscriber has one or two entries, so an
+/// entry is kept at 32 bytes: connection keys are stored as `u32` (a slab
+/// of connections never nears four billion).
 #[derive(Debug, Default)]
 pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, TimerId, usize, u32)>>,
+    heap: BinaryHeap<Reverse<(Instant, TimerId, u32, u32)>>,
     last: u64,
 }
 
@@ -49,7 +51,8 @@ impl Timers {
     pub fn insert(&mut self, at: Instant, key: usize, slot: u32) -> TimerId {
         self.last += 1;
         let id = TimerId(self.last);
-        self.heap.push(Reverse((at, id, key, slot)));
+        debug_assert!(u32::try_from(key).is_ok(), "connection key {key} over u32");
+        self.heap.push(Reverse((at, id, key as u32, slot)));
         id
     }
 
@@ -63,7 +66,11 @@ impl Timers {
         match self.heap.peek() {
             Some(Reverse((at, ..))) if *at <= now => {
                 let Reverse((_, id, key, slot)) = self.heap.pop()?;
-                Some(Due { id, key, slot })
+                Some(Due {
+                    id,
+                    key: key as usize,
+                    slot,
+                })
             }
             _ => None,
         }
@@ -97,6 +104,14 @@ mod tests {
         assert_eq!((due.id, due.key, due.slot), (early, 2, CONN_SLOT));
         assert_eq!(timers.pop_due(t + Duration::from_secs(5)).unwrap().id, late);
         assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn an_entry_stays_at_32_bytes() {
+        assert_eq!(
+            std::mem::size_of::<Reverse<(Instant, TimerId, u32, u32)>>(),
+            32
+        );
     }
 
     #[test]
