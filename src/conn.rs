@@ -347,6 +347,9 @@ pub struct Conn {
     pub paused: bool,
     /// Closing state.
     pub close: Close,
+    /// Bytes this connection's unfinished requests hold (input buffer and
+    /// FastCGI `PARAMS`), as last counted into [`Conns::head_bytes`].
+    pub head_held: u32,
     /// The connection-level deadline in force: the head (HTTP, SCGI), idle
     /// between requests (FastCGI), or draining a finished response; `NONE`
     /// while requests are parked (they have deadlines of their own).
@@ -354,6 +357,17 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Bytes held now for requests not yet complete: buffered input and
+    /// FastCGI parameters.
+    pub fn head_bytes(&self) -> usize {
+        match &self.proto {
+            Proto::Http(h) => h.inbuf.capacity(),
+            Proto::Scgi(s) => s.inbuf.capacity(),
+            Proto::Fcgi(f) => f.inbuf.capacity() + f.params_bytes(),
+            Proto::Control(_) => 0,
+        }
+    }
+
     /// The exchange for request id `rid`, if one is active.
     pub fn exchange_mut(&mut self, rid: u16) -> Option<&mut Exchange> {
         match &mut self.proto {
@@ -565,6 +579,8 @@ pub struct Conns {
     pub control: usize,
     /// The one buffer every read goes through ([`READ_CHUNK`] bytes once allocated).
     pub read_buf: Vec<u8>,
+    /// What all unfinished client requests hold, summed from [`Conn::head_held`].
+    pub head_bytes: usize,
 }
 
 impl Conns {
@@ -583,6 +599,19 @@ impl Conns {
             .get_mut(key)
             .filter(|c| c.close == Close::No)?
             .exchange_mut(rid)
+    }
+
+    /// Counts a connection's unfinished-request bytes again; returns true
+    /// when it grew and all connections together now hold more than `limit`.
+    pub fn account_head(&mut self, key: usize, limit: usize) -> bool {
+        let Some(conn) = self.slab.get_mut(key) else {
+            return false;
+        };
+        let now_held = conn.head_bytes().min(u32::MAX as usize);
+        let before = conn.head_held as usize;
+        conn.head_held = now_held as u32;
+        self.head_bytes = self.head_bytes + now_held - before;
+        now_held > before && self.head_bytes > limit
     }
 
     /// Puts a connection on the flush list (once).

@@ -396,6 +396,7 @@ impl Server {
                 pending: false,
                 paused: false,
                 close: Close::No,
+                head_held: 0,
                 timer,
             });
             self.conns.counters.accepted += 1;
@@ -594,6 +595,7 @@ impl Server {
                 continue;
             }
             let mut conn = self.conns.slab.remove(key);
+            self.conns.head_bytes -= conn.head_held as usize;
             for (rid, ex) in conn.exchanges() {
                 if ex.subscribed {
                     self.store.unsubscribe(ex.mailbox, sub_id(key, rid), now);

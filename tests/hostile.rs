@@ -372,3 +372,38 @@ fn pipelined_polls_behind_a_held_one_are_read_once_it_is_answered() {
     }
     assert_eq!(count(&got), 200);
 }
+
+#[test]
+fn unfinished_heads_together_stay_within_their_total_cap() {
+    let srv = Mailboxd::start(&["--max-connections", "12000", "--request-timeout", "60"]);
+    let mut ctl = srv.ctl();
+    let mut witness = Witness::open(&srv, "witness");
+    let before = rss_kib(&srv);
+    // 9,500 clients each stop 7,500 bytes into a head: 71 MB if all were kept.
+    let partial = format!("GET /comet/x HTTP/1.1\r\nX-Pad: {}", "p".repeat(7_470));
+    assert_eq!(partial.len(), 7_500);
+    let mut slow = Vec::new();
+    for _ in 0..9_500 {
+        let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        s.write_all(partial.as_bytes()).unwrap();
+        slow.push(s);
+    }
+    // Once every head is read, the count stops moving.
+    let mut last = u64::MAX;
+    let left = wait_for(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = ctl.cmd("STATS");
+        let open = field(&stats, "connections").unwrap();
+        let settled = field(&stats, "accepted").unwrap() >= 9_501 && open == last;
+        last = open;
+        settled.then_some(open)
+    });
+    assert!(left < 9_400, "{left} connections kept");
+    // The witness holds no head bytes.
+    assert!((left - 1) * 7_500 <= 64 << 20, "{left} connections kept");
+    witness.check(&mut ctl, "witness");
+    let grown = rss_kib(&srv).saturating_sub(before);
+    eprintln!("9,500 unfinished 7.5 KB heads: {left} kept, RSS +{grown} KiB");
+    assert!(srv.log().contains("unfinished requests hold"));
+    drop(slow);
+}

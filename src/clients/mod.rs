@@ -30,6 +30,13 @@ use crate::transport::{Transport, poll_body};
 /// default is 60 s) and open a new one when a pooled one was closed.
 pub const FCGI_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// What all clients' unfinished requests (partial heads, FastCGI `PARAMS`)
+/// may hold together: 8,000 slow clients with a full 8 KiB HTTP head each.
+/// Per connection it is already bounded (8 KiB HTTP, 32 KiB SCGI, 64 KiB
+/// FastCGI `PARAMS` plus two records); this bounds their sum, whatever
+/// `--max-connections` allows.
+pub const MAX_HEAD_MEMORY: usize = 64 << 20;
+
 /// Answers queued on one client connection above which its further
 /// pipelined requests wait unread until the client reads: a well-behaved
 /// client has one or two answers in flight, and a client that pipelines
@@ -38,12 +45,23 @@ pub const PIPELINE_HIGH: usize = 64 * 1024;
 
 impl Server {
     /// Reads what a client connection sent and acts on it, by gateway.
+    /// Afterwards, the bytes its unfinished requests hold are counted again;
+    /// a connection that grows them past [`MAX_HEAD_MEMORY`] in total is closed.
     pub(crate) fn client_readable(&mut self, key: usize, now: Instant) {
         match self.conns.slab.get(key).map(|c| &c.proto) {
             Some(Proto::Http(_)) => self.http_readable(key, now),
             Some(Proto::Fcgi(_)) => self.fcgi_readable(key, now),
             Some(Proto::Scgi(_)) => self.scgi_readable(key, now),
-            Some(Proto::Control(_)) | None => {}
+            Some(Proto::Control(_)) | None => return,
+        }
+        if self.conns.account_head(key, MAX_HEAD_MEMORY) {
+            let total = self.conns.head_bytes;
+            self.conns.warnings.malformed.note(now, || {
+                format!(
+                    "conn={key} closed: unfinished requests hold {total} bytes in all, over {MAX_HEAD_MEMORY}"
+                )
+            });
+            self.conns.close(key, Close::Now);
         }
     }
 
