@@ -609,6 +609,61 @@ mod tests {
     }
 
     #[test]
+    fn trust_and_memory_settings() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.control_mode, 0o600);
+        assert!(c.control_is_default && c.control.ends_with("mailboxd/control.sock"));
+        assert_eq!(c.gateway_allow, crate::peer::loopback());
+        let c = run(&[
+            "--control",
+            "unix:/tmp/x/c.sock",
+            "--control-mode",
+            "0660",
+            "--control-allow",
+            "uid:33,gid:33",
+            "--control-allow=user:root",
+            "--gateway-allow",
+            "10.0.0.0/8",
+            "--max-memory",
+            "1048576",
+            "--dead-peer-timeout",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.control, PathBuf::from("/tmp/x/c.sock"));
+        assert!(!c.control_is_default);
+        assert_eq!(c.control_mode, 0o660);
+        assert_eq!(c.control_allow.len(), 3);
+        assert_eq!(c.gateway_allow.len(), 1);
+        assert_eq!(
+            (c.max_memory, c.dead_peer_timeout),
+            (1 << 20, Duration::from_secs(5))
+        );
+        for (args, expected) in [
+            (&["--control", "127.0.0.1:1"][..], "Unix socket"),
+            (&["--control-mode", "999"][..], "octal"),
+            (&["--control-allow", "root"][..], "uid:N"),
+            (&["--gateway-allow", "10.0.0.0/40"][..], "address block"),
+            (
+                &["--max-memory", "1000"][..],
+                "max-memory must be at least retain-bytes",
+            ),
+            (&["--dead-peer-timeout", "0.5"][..], "at least 1 second"),
+        ] {
+            let err = run(args).unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+        let s = parse_toml(
+            "control-allow = [\"gid:33\"]\ngateway-allow = [\"::1\"]\nsecret-file = \"/k\"\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        s.apply(&mut c).unwrap();
+        assert_eq!(c.control_allow, vec![Credential::Gid(33)]);
+        assert_eq!(c.secret_file, Some(PathBuf::from("/k")));
+    }
+
+    #[test]
     fn toml_uses_flag_names() {
         let s = parse_toml("http = [\"127.0.0.1:9\"]\nretain = 7\nmailbox-ttl = 1.5\n").unwrap();
         let mut c = Config::default();
