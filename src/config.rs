@@ -191,7 +191,6 @@ impl Config {
         StoreLimits {
             retain: self.retain,
             retain_bytes: self.retain_bytes,
-            max_subscribers: self.max_subscribers,
             mailbox_ttl: self.mailbox_ttl,
             max_mailboxes: self.max_mailboxes,
             max_groups: self.max_groups,

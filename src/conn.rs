@@ -1,6 +1,6 @@
 //! Accepted connections: the socket, the protocol state, the output queue.
 //!
-//! A connection is one of a few kinds ([`Proto`]), each an explicit state
+//! A connection is one of a few kinds ([`Kind`]); its [`Session`] is an explicit state
 //! machine:
 //!
 //! * control: `reading` ⇄ `paused` (replies above the high-water mark stop
@@ -14,6 +14,7 @@
 //! walking subscribers.
 
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 use std::time::Instant;
 
 use mio::event::Source;
@@ -21,14 +22,14 @@ use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::gateway::{cgi, fcgi, http};
 use crate::message::Message;
 use crate::outbuf::{Chunk, OutQueue};
 use crate::request::Head;
-use crate::store::{MailboxRef, Outcome, SubscriberId};
+use crate::subscribers::{Outcome, SubscriberId};
 use crate::throttle::Warnings;
 use crate::timer::TimerId;
-use crate::transport::Transport;
+use crate::wire::transport::Transport;
+use crate::wire::{cgi, fcgi, http};
 
 /// A connected stream socket, TCP or Unix.
 #[derive(Debug)]
@@ -168,13 +169,11 @@ pub enum Close {
 #[derive(Debug)]
 pub struct Exchange {
     /// The mailbox it reads.
-    pub mailbox: MailboxRef,
+    pub mailbox: Rc<str>,
     /// How messages are written.
     pub transport: Transport,
     /// Long-poll: answer with messages after this id.
     pub since: u64,
-    /// Whether the store still lists it as a subscriber.
-    pub subscribed: bool,
     /// The next heartbeat (streams) or the end of the hold (long-poll).
     pub timer: TimerId,
 }
@@ -304,9 +303,36 @@ impl FcgiState {
     }
 }
 
-/// The kinds of connection.
+/// The kinds of connection: what a listener accepts, and so what each
+/// accepted connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A backend on the control socket.
+    Control,
+    /// A client (or web server) speaking HTTP.
+    Http,
+    /// A web server speaking FastCGI.
+    Fcgi,
+    /// A web server speaking SCGI.
+    Scgi,
+}
+
+impl Kind {
+    /// Short name for log lines and listener names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Control => "control",
+            Kind::Http => "http",
+            Kind::Fcgi => "fastcgi",
+            Kind::Scgi => "scgi",
+        }
+    }
+}
+
+/// A connection's session state: one variant per [`Kind`], each driven by
+/// its module in [`crate::session`].
 #[derive(Debug)]
-pub enum Proto {
+pub enum Session {
     /// A backend on the control socket.
     Control(ControlState),
     /// A client (or web server) speaking HTTP.
@@ -317,15 +343,20 @@ pub enum Proto {
     Scgi(ScgiState),
 }
 
-impl Proto {
+impl Session {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Session::Control(_) => Kind::Control,
+            Session::Http(_) => Kind::Http,
+            Session::Fcgi(_) => Kind::Fcgi,
+            Session::Scgi(_) => Kind::Scgi,
+        }
+    }
+
     /// Short name for log lines.
     pub fn name(&self) -> &'static str {
-        match self {
-            Proto::Control(_) => "control",
-            Proto::Http(_) => "http",
-            Proto::Fcgi(_) => "fastcgi",
-            Proto::Scgi(_) => "scgi",
-        }
+        self.kind().name()
     }
 }
 
@@ -334,8 +365,8 @@ impl Proto {
 pub struct Conn {
     /// The socket.
     pub socket: Socket,
-    /// Protocol state.
-    pub proto: Proto,
+    /// What it speaks, and where it is in its life.
+    pub session: Session,
     /// Output not yet written.
     pub out: OutQueue,
     /// Whether WRITABLE is part of the registered interest.
@@ -360,26 +391,26 @@ impl Conn {
     /// Bytes held now for requests not yet complete: buffered input and
     /// FastCGI parameters.
     pub fn head_bytes(&self) -> usize {
-        match &self.proto {
-            Proto::Http(h) => h.inbuf.capacity(),
-            Proto::Scgi(s) => s.inbuf.capacity(),
-            Proto::Fcgi(f) => f.inbuf.capacity() + f.params_bytes(),
-            Proto::Control(_) => 0,
+        match &self.session {
+            Session::Http(h) => h.inbuf.capacity(),
+            Session::Scgi(s) => s.inbuf.capacity(),
+            Session::Fcgi(f) => f.inbuf.capacity() + f.params_bytes(),
+            Session::Control(_) => 0,
         }
     }
 
     /// The exchange for request id `rid`, if one is active.
     pub fn exchange_mut(&mut self, rid: u16) -> Option<&mut Exchange> {
-        match &mut self.proto {
-            Proto::Http(HttpState {
+        match &mut self.session {
+            Session::Http(HttpState {
                 phase: HttpPhase::Active(ex),
                 ..
             }) if rid == 0 => Some(ex),
-            Proto::Scgi(ScgiState {
+            Session::Scgi(ScgiState {
                 phase: ScgiPhase::Active(ex),
                 ..
             }) if rid == 0 => Some(ex),
-            Proto::Fcgi(f) => match f.request_mut(rid) {
+            Session::Fcgi(f) => match f.request_mut(rid) {
                 Some(FcgiRequest {
                     phase: FcgiPhase::Active(ex),
                     ..
@@ -392,30 +423,30 @@ impl Conn {
 
     /// Makes `exchange` the active exchange of request `rid`.
     pub fn set_exchange(&mut self, rid: u16, exchange: Exchange) {
-        match &mut self.proto {
-            Proto::Http(h) => h.phase = HttpPhase::Active(exchange),
-            Proto::Scgi(s) => s.phase = ScgiPhase::Active(exchange),
-            Proto::Fcgi(f) => {
+        match &mut self.session {
+            Session::Http(h) => h.phase = HttpPhase::Active(exchange),
+            Session::Scgi(s) => s.phase = ScgiPhase::Active(exchange),
+            Session::Fcgi(f) => {
                 if let Some(r) = f.request_mut(rid) {
                     r.phase = FcgiPhase::Active(exchange);
                 }
             }
-            Proto::Control(_) => debug_assert!(false, "control connections have no exchanges"),
+            Session::Control(_) => debug_assert!(false, "control connections have no exchanges"),
         }
     }
 
     /// Every active exchange, with its request id.
     pub fn exchanges(&self) -> Vec<(u16, &Exchange)> {
-        match &self.proto {
-            Proto::Http(HttpState {
+        match &self.session {
+            Session::Http(HttpState {
                 phase: HttpPhase::Active(ex),
                 ..
             }) => vec![(0, ex)],
-            Proto::Scgi(ScgiState {
+            Session::Scgi(ScgiState {
                 phase: ScgiPhase::Active(ex),
                 ..
             }) => vec![(0, ex)],
-            Proto::Fcgi(f) => f
+            Session::Fcgi(f) => f
                 .requests
                 .iter()
                 .filter_map(|r| match &r.phase {
@@ -430,15 +461,15 @@ impl Conn {
     /// Queues a response head for request `rid` in the gateway's syntax.
     pub fn push_head(&mut self, rid: u16, head: &Head) {
         let mut bytes = Vec::with_capacity(192);
-        match &self.proto {
-            Proto::Http(h) => http::encode_head(head, h.keep_alive, &mut bytes),
-            Proto::Scgi(_) => cgi::encode_head(head, &mut bytes),
-            Proto::Fcgi(_) => {
+        match &self.session {
+            Session::Http(h) => http::encode_head(head, h.keep_alive, &mut bytes),
+            Session::Scgi(_) => cgi::encode_head(head, &mut bytes),
+            Session::Fcgi(_) => {
                 let mut cgi_head = Vec::with_capacity(160);
                 cgi::encode_head(head, &mut cgi_head);
                 fcgi::encode_stdout(&mut bytes, rid, &cgi_head);
             }
-            Proto::Control(_) => debug_assert!(false, "control connections have no responses"),
+            Session::Control(_) => debug_assert!(false, "control connections have no responses"),
         }
         self.out.push(Chunk::Owned(bytes));
     }
@@ -447,7 +478,7 @@ impl Conn {
     /// them in one `STDOUT` record when they fit (the usual case: the shared
     /// message bytes are not copied), else copies them into several.
     pub fn push_body(&mut self, rid: u16, chunks: &mut Vec<Chunk>) {
-        if let Proto::Fcgi(_) = self.proto {
+        if let Session::Fcgi(_) = self.session {
             let total: usize = chunks.iter().map(Chunk::len).sum();
             if total == 0 {
                 chunks.clear();
@@ -475,22 +506,17 @@ impl Conn {
     /// else closes once its output is written. Returns what the connection
     /// waits for next, so the caller can arm the matching deadline.
     pub fn finish(&mut self, rid: u16, sized: bool) -> Next {
-        let keep = match &mut self.proto {
-            Proto::Http(h) if sized && h.keep_alive => {
+        let keep = match &mut self.session {
+            Session::Http(h) if sized && h.keep_alive => {
                 h.phase = HttpPhase::Head;
                 true
             }
-            Proto::Http(h) => {
-                if let HttpPhase::Active(ex) = &mut h.phase {
-                    ex.subscribed = false;
-                }
-                false
-            }
-            Proto::Scgi(s) => {
+            Session::Http(_) => false,
+            Session::Scgi(s) => {
                 s.phase = ScgiPhase::Done;
                 false
             }
-            Proto::Fcgi(f) => {
+            Session::Fcgi(f) => {
                 let keep_conn = match f.requests.iter().position(|r| r.id == rid) {
                     Some(i) => f.requests.swap_remove(i).keep_conn,
                     None => false,
@@ -502,14 +528,14 @@ impl Conn {
                 }
                 keep_conn
             }
-            Proto::Control(_) => false,
+            Session::Control(_) => false,
         };
         if !keep && self.close == Close::No {
             self.close = Close::AfterFlush;
         }
-        match (&self.proto, keep) {
+        match (&self.session, keep) {
             (_, false) => Next::Drain,
-            (Proto::Fcgi(_), true) => Next::Idle,
+            (Session::Fcgi(_), true) => Next::Idle,
             _ => Next::Head,
         }
     }
@@ -653,7 +679,7 @@ impl Conns {
             self.schedule_flush(key);
             return true;
         }
-        let (proto, queued) = (conn.proto.name(), conn.out.len());
+        let (proto, queued) = (conn.session.name(), conn.out.len());
         self.warnings.slow_clients.note(now, || {
             format!("conn={key} {proto} output over max-output ({queued} bytes queued): closing slow client")
         });
@@ -668,8 +694,8 @@ impl Conns {
     pub fn oldest_idle_control(&self) -> Option<usize> {
         self.slab
             .iter()
-            .filter_map(|(key, conn)| match &conn.proto {
-                Proto::Control(c)
+            .filter_map(|(key, conn)| match &conn.session {
+                Session::Control(c)
                     if conn.close == Close::No
                         && c.inbuf.is_empty()
                         && c.skip == 0
@@ -683,7 +709,7 @@ impl Conns {
             .map(|(_, key)| key)
     }
 
-    /// Hands one message to one subscriber (the store's delivery callback).
+    /// Hands one message to one subscriber (the registry's fan-out callback).
     pub fn deliver(
         &mut self,
         sub: SubscriberId,
@@ -702,17 +728,13 @@ impl Conns {
             return Outcome::Failed;
         };
         if ex.transport == Transport::Poll {
-            ex.subscribed = false;
             self.answers.push((key, rid));
             return Outcome::Done;
         }
         ex.transport.message(msg, &mut self.scratch);
         conn.push_body(rid, &mut self.scratch);
         if !self.commit_output(key, max_output, now) {
-            // The store detaches it; the client resumes from retained messages.
-            if let Some(ex) = self.slab.get_mut(key).and_then(|c| c.exchange_mut(rid)) {
-                ex.subscribed = false;
-            }
+            // The registry detaches it; the client resumes from retained messages.
             return Outcome::Failed;
         }
         self.counters.written += 1;

@@ -4,13 +4,8 @@
 //! everything; see `docs/architecture.md` for the tour.
 
 pub mod auth;
-pub mod backend;
-pub mod clients;
-pub mod codec;
 pub mod config;
 pub mod conn;
-pub mod control;
-pub mod gateway;
 pub mod limits;
 pub mod message;
 pub mod name;
@@ -18,7 +13,9 @@ pub mod outbuf;
 pub mod peer;
 pub mod request;
 pub mod server;
+pub mod session;
 pub mod store;
+pub mod subscribers;
 pub mod throttle;
 pub mod timer;
-pub mod transport;
+pub mod wire;

@@ -9,7 +9,7 @@
 use std::cell::{Cell, OnceCell};
 use std::rc::Rc;
 
-use crate::transport;
+use crate::wire::transport;
 
 /// Heap bookkeeping of one payload beyond its bytes: the `Payload` itself
 /// in its `Rc`, the headers of the three shared byte buffers, and allocator

@@ -7,7 +7,7 @@
 //! described once ([`Head`]) and rendered by each gateway in its own syntax.
 
 use crate::name;
-use crate::transport::Transport;
+use crate::wire::transport::Transport;
 
 /// The routing-relevant facts of one client request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,7 +41,7 @@ pub struct Route {
 
 /// The HTTP statuses mailboxd answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub enum HttpStatus {
     /// 200
     Ok,
     /// 400: bad mailbox name, bad query, malformed request.
@@ -56,16 +56,16 @@ pub enum Status {
     ServiceUnavailable,
 }
 
-impl Status {
+impl HttpStatus {
     /// Code and reason phrase.
     pub fn code_reason(self) -> (u16, &'static str) {
         match self {
-            Status::Ok => (200, "OK"),
-            Status::BadRequest => (400, "Bad Request"),
-            Status::Forbidden => (403, "Forbidden"),
-            Status::MethodNotAllowed => (405, "Method Not Allowed"),
-            Status::TooManyRequests => (429, "Too Many Requests"),
-            Status::ServiceUnavailable => (503, "Service Unavailable"),
+            HttpStatus::Ok => (200, "OK"),
+            HttpStatus::BadRequest => (400, "Bad Request"),
+            HttpStatus::Forbidden => (403, "Forbidden"),
+            HttpStatus::MethodNotAllowed => (405, "Method Not Allowed"),
+            HttpStatus::TooManyRequests => (429, "Too Many Requests"),
+            HttpStatus::ServiceUnavailable => (503, "Service Unavailable"),
         }
     }
 }
@@ -73,15 +73,15 @@ impl Status {
 /// A refused request: the status and a one-line explanation for the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// Status to answer with.
-    pub status: Status,
+    /// HttpStatus to answer with.
+    pub status: HttpStatus,
     /// Plain-text body.
     pub message: String,
 }
 
 impl Rejection {
     /// A rejection with a message.
-    pub fn new(status: Status, message: impl Into<String>) -> Rejection {
+    pub fn new(status: HttpStatus, message: impl Into<String>) -> Rejection {
         Rejection {
             status,
             message: message.into(),
@@ -99,14 +99,14 @@ impl Rejection {
 pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
     if req.method != "GET" {
         return Err(Rejection::new(
-            Status::MethodNotAllowed,
+            HttpStatus::MethodNotAllowed,
             "only GET is supported",
         ));
     }
     let mailbox = req.path.rsplit('/').next().unwrap_or_default();
     if !name::is_valid(mailbox) {
         return Err(Rejection::new(
-            Status::BadRequest,
+            HttpStatus::BadRequest,
             "the last path segment must be a mailbox name: 1-128 bytes of A-Z a-z 0-9 . _ ~ -",
         ));
     }
@@ -122,7 +122,7 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
                     "stream" => Transport::Stream,
                     _ => {
                         return Err(Rejection::new(
-                            Status::BadRequest,
+                            HttpStatus::BadRequest,
                             "transport must be sse, poll or stream",
                         ));
                     }
@@ -160,20 +160,20 @@ pub fn route(req: &Request<'_>) -> Result<Route, Rejection> {
 fn parse_id(value: &str, what: &str) -> Result<u64, Rejection> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Rejection::new(
-            Status::BadRequest,
+            HttpStatus::BadRequest,
             format!("{what} must be a message id"),
         ));
     }
     value
         .parse()
-        .map_err(|_| Rejection::new(Status::BadRequest, format!("{what} is out of range")))
+        .map_err(|_| Rejection::new(HttpStatus::BadRequest, format!("{what} is out of range")))
 }
 
 /// A response head, independent of the gateway that renders it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     /// The status.
-    pub status: Status,
+    pub status: HttpStatus,
     /// `Content-Type`.
     pub content_type: &'static str,
     /// `Content-Length`; `None` for a stream that ends when the response ends.
@@ -184,14 +184,14 @@ impl Head {
     /// The head of a streaming (SSE or raw stream) response.
     pub fn stream(transport: Transport) -> Head {
         Head {
-            status: Status::Ok,
+            status: HttpStatus::Ok,
             content_type: transport.content_type(),
             content_length: None,
         }
     }
 
     /// The head of a complete body.
-    pub fn sized(status: Status, content_type: &'static str, len: usize) -> Head {
+    pub fn sized(status: HttpStatus, content_type: &'static str, len: usize) -> Head {
         Head {
             status,
             content_type,
@@ -209,7 +209,7 @@ impl Head {
         if let Some(len) = self.content_length {
             out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes());
         }
-        if self.status == Status::MethodNotAllowed {
+        if self.status == HttpStatus::MethodNotAllowed {
             out.extend_from_slice(b"Allow: GET\r\n");
         }
     }
@@ -244,7 +244,7 @@ mod tests {
         for bad in ["/comet/", "/", "", "/comet/a%20b", "/comet/a b"] {
             assert_eq!(
                 route(&get(bad, "")).unwrap_err().status,
-                Status::BadRequest,
+                HttpStatus::BadRequest,
                 "{bad}"
             );
         }
@@ -261,17 +261,17 @@ mod tests {
         );
         assert_eq!(
             route(&get("/m", "transport=ws")).unwrap_err().status,
-            Status::BadRequest
+            HttpStatus::BadRequest
         );
         assert_eq!(
             route(&get("/m", "since=-1")).unwrap_err().status,
-            Status::BadRequest
+            HttpStatus::BadRequest
         );
         assert_eq!(
             route(&get("/m", "since=99999999999999999999"))
                 .unwrap_err()
                 .status,
-            Status::BadRequest
+            HttpStatus::BadRequest
         );
         let mut req = get("/m", "last_id=3&since=2");
         assert_eq!(route(&req).unwrap().resume, Some(3));
@@ -280,7 +280,7 @@ mod tests {
         let r = route(&req).unwrap();
         assert_eq!((r.transport, r.resume), (Transport::Sse, Some(10)));
         req.last_event_id = Some("ten");
-        assert_eq!(route(&req).unwrap_err().status, Status::BadRequest);
+        assert_eq!(route(&req).unwrap_err().status, HttpStatus::BadRequest);
     }
 
     #[test]
@@ -310,13 +310,16 @@ mod tests {
             path: "/m",
             ..Request::default()
         };
-        assert_eq!(route(&req).unwrap_err().status, Status::MethodNotAllowed);
+        assert_eq!(
+            route(&req).unwrap_err().status,
+            HttpStatus::MethodNotAllowed
+        );
     }
 
     #[test]
     fn head_fields() {
         let mut out = vec![];
-        Head::sized(Status::MethodNotAllowed, "text/plain", 3).write_fields(&mut out);
+        Head::sized(HttpStatus::MethodNotAllowed, "text/plain", 3).write_fields(&mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(s.contains("Content-Length: 3\r\n") && s.contains("Allow: GET\r\n"));
     }

@@ -29,13 +29,14 @@ use signal_hook_mio::v1_0::Signals;
 use crate::auth::Secret;
 use crate::config::{Config, ListenAddr};
 use crate::conn::{
-    Close, Conn, Conns, ControlState, FcgiState, HttpPhase, HttpState, Proto, ScgiPhase, ScgiState,
-    Socket, sub_id,
+    Close, Conn, Conns, ControlState, FcgiState, HttpPhase, HttpState, Kind, ScgiPhase, ScgiState,
+    Session, Socket, sub_id,
 };
 use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::peer;
 use crate::store::{MailboxStore, MemoryStore};
+use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
 
 /// Token of the signal pipe.
@@ -49,30 +50,6 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for final output to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// What a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Backends' control protocol.
-    Control,
-    /// Clients over HTTP.
-    Http,
-    /// A web server over FastCGI.
-    Fcgi,
-    /// A web server over SCGI.
-    Scgi,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Control => "control",
-            Role::Http => "http",
-            Role::Fcgi => "fastcgi",
-            Role::Scgi => "scgi",
-        }
-    }
-}
-
 #[derive(Debug)]
 enum ListenSocket {
     Tcp(TcpListener),
@@ -81,7 +58,7 @@ enum ListenSocket {
 
 #[derive(Debug)]
 struct Listener {
-    role: Role,
+    kind: Kind,
     socket: ListenSocket,
 }
 
@@ -99,6 +76,8 @@ pub struct Server {
     listeners: Vec<Listener>,
     pub(crate) conns: Conns,
     pub(crate) store: Box<dyn MailboxStore>,
+    /// Which parked requests of this process wait on which mailbox.
+    pub(crate) subscribers: Subscribers,
     pub(crate) timers: Timers,
     pub(crate) config: Config,
     signals: Signals,
@@ -158,36 +137,36 @@ impl Server {
             .map_err(|e| format!("cannot watch signals: {e}"))?;
         let mut listeners = Vec::new();
         let control = ListenAddr::Unix(config.control.clone());
-        let wanted = std::iter::once((Role::Control, &control, Some(config.control_mode)))
+        let wanted = std::iter::once((Kind::Control, &control, Some(config.control_mode)))
             .chain(
                 config
                     .http
                     .iter()
-                    .map(|a| (Role::Http, a, config.socket_mode)),
+                    .map(|a| (Kind::Http, a, config.socket_mode)),
             )
             .chain(
                 config
                     .fastcgi
                     .iter()
-                    .map(|a| (Role::Fcgi, a, config.socket_mode)),
+                    .map(|a| (Kind::Fcgi, a, config.socket_mode)),
             )
             .chain(
                 config
                     .scgi
                     .iter()
-                    .map(|a| (Role::Scgi, a, config.socket_mode)),
+                    .map(|a| (Kind::Scgi, a, config.socket_mode)),
             );
-        for (i, (role, addr, mode)) in wanted.enumerate() {
+        for (i, (kind, addr, mode)) in wanted.enumerate() {
             let mut socket = bind(addr, mode)
-                .map_err(|e| format!("cannot listen on {addr} ({}): {e}", role.name()))?;
+                .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
                 ListenSocket::Tcp(l) => poll.registry().register(l, token, Interest::READABLE),
                 ListenSocket::Unix(l, _) => poll.registry().register(l, token, Interest::READABLE),
             };
             registered.map_err(|e| format!("cannot watch {addr}: {e}"))?;
-            log::info!("listening {}={}", role.name(), local_name(&socket));
-            listeners.push(Listener { role, socket });
+            log::info!("listening {}={}", kind.name(), local_name(&socket));
+            listeners.push(Listener { kind, socket });
         }
         let first_id = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -197,6 +176,7 @@ impl Server {
             listeners,
             conns: Conns::default(),
             store: Box::new(MemoryStore::new(config.store_limits(), first_id)),
+            subscribers: Subscribers::new(config.max_subscribers),
             timers: Timers::default(),
             config,
             signals,
@@ -271,7 +251,7 @@ impl Server {
                 let Some(conn) = self.conns.slab.get(key) else {
                     return;
                 };
-                let control = matches!(conn.proto, Proto::Control(_));
+                let control = matches!(conn.session, Session::Control(_));
                 if event.is_writable() {
                     self.conns.schedule_flush(key);
                 }
@@ -290,7 +270,7 @@ impl Server {
         let Some(listener) = self.listeners.get(index) else {
             return;
         };
-        let role = listener.role;
+        let kind = listener.kind;
         loop {
             let Some(listener) = self.listeners.get(index) else {
                 return;
@@ -308,12 +288,12 @@ impl Server {
                         e.raw_os_error(),
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
                     );
-                    if exhausted && role == Role::Control && self.spare_fd.take().is_some() {
+                    if exhausted && kind == Kind::Control && self.spare_fd.take().is_some() {
                         continue;
                     }
                     self.conns.counters.accept_errors += 1;
                     self.conns.warnings.accept_errors.note(now, || {
-                        format!("accept on {} listener failed: {e}", role.name())
+                        format!("accept on {} listener failed: {e}", kind.name())
                     });
                     if exhausted {
                         // The pending connection stays queued in the kernel;
@@ -323,21 +303,21 @@ impl Server {
                     return;
                 }
             };
-            if !self.admit(role, &socket, peer, now) {
+            if !self.admit(kind, &socket, peer, now) {
                 continue;
             }
-            let full = match role {
-                Role::Control => {
+            let full = match kind {
+                Kind::Control => {
                     self.conns.control >= limits::MAX_CONTROL_CONNS && !self.close_idle_control()
                 }
-                Role::Http | Role::Fcgi | Role::Scgi => self.clients >= self.config.max_connections,
+                Kind::Http | Kind::Fcgi | Kind::Scgi => self.clients >= self.config.max_connections,
             };
             if full {
                 self.conns.counters.refused += 1;
                 self.conns.warnings.refused.note(now, || {
-                    format!("{} connection refused: limit reached", role.name())
+                    format!("{} connection refused: limit reached", kind.name())
                 });
-                if role == Role::Http {
+                if kind == Kind::Http {
                     // Best effort: a web-server gateway just sees the connection close.
                     let _ = socket.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 33\r\nConnection: close\r\n\r\nmax-connections reached; retry.\r\n");
                 }
@@ -360,37 +340,37 @@ impl Server {
                 log::warn!("cannot register connection: {e}");
                 continue;
             }
-            let (proto, timer) = match role {
-                Role::Control => {
+            let (session, timer) = match kind {
+                Kind::Control => {
                     self.conns.control += 1;
-                    (Proto::Control(ControlState::new(now)), TimerId::NONE)
+                    (Session::Control(ControlState::new(now)), TimerId::NONE)
                 }
-                Role::Http | Role::Fcgi | Role::Scgi => {
+                Kind::Http | Kind::Fcgi | Kind::Scgi => {
                     self.clients += 1;
                     let timer =
                         self.timers
                             .insert(now + self.config.request_timeout, key, CONN_SLOT);
-                    let proto = match role {
-                        Role::Fcgi => Proto::Fcgi(FcgiState {
+                    let session = match kind {
+                        Kind::Fcgi => Session::Fcgi(FcgiState {
                             inbuf: Vec::new(),
                             requests: Vec::new(),
                         }),
-                        Role::Scgi => Proto::Scgi(ScgiState {
+                        Kind::Scgi => Session::Scgi(ScgiState {
                             inbuf: Vec::new(),
                             phase: ScgiPhase::Head,
                         }),
-                        _ => Proto::Http(HttpState {
+                        _ => Session::Http(HttpState {
                             inbuf: Vec::new(),
                             phase: HttpPhase::Head,
                             keep_alive: false,
                         }),
                     };
-                    (proto, timer)
+                    (session, timer)
                 }
             };
             entry.insert(Conn {
                 socket,
-                proto,
+                session,
                 out: OutQueue::default(),
                 writable: false,
                 pending: false,
@@ -400,7 +380,7 @@ impl Server {
                 timer,
             });
             self.conns.counters.accepted += 1;
-            log::debug!("conn={key} {} accepted", role.name());
+            log::debug!("conn={key} {} accepted", kind.name());
         }
     }
 
@@ -409,13 +389,13 @@ impl Server {
     /// and `--control-allow`.
     fn admit(
         &mut self,
-        role: Role,
+        kind: Kind,
         socket: &Socket,
         peer: Option<SocketAddr>,
         now: Instant,
     ) -> bool {
-        let refusal = match (role, socket, peer) {
-            (Role::Fcgi | Role::Scgi, _, Some(addr))
+        let refusal = match (kind, socket, peer) {
+            (Kind::Fcgi | Kind::Scgi, _, Some(addr))
                 if !self
                     .config
                     .gateway_allow
@@ -424,10 +404,10 @@ impl Server {
             {
                 Some(format!(
                     "{} connection from {addr} refused: not in gateway-allow",
-                    role.name()
+                    kind.name()
                 ))
             }
-            (Role::Control, Socket::Unix(s), _) if !self.config.control_allow.is_empty() => {
+            (Kind::Control, Socket::Unix(s), _) if !self.config.control_allow.is_empty() => {
                 match peer::peer_ids(s.as_raw_fd()) {
                     Ok((uid, gid))
                         if uid == peer::own_uid()
@@ -528,7 +508,7 @@ impl Server {
             return;
         };
         if conn.timer == id {
-            log::debug!("conn={key} {} timed out", conn.proto.name());
+            log::debug!("conn={key} {} timed out", conn.session.name());
             self.conns.close(key, Close::Now);
         }
     }
@@ -556,7 +536,7 @@ impl Server {
                         self.conns.close(key, Close::Now);
                     } else if conn.paused {
                         conn.paused = false;
-                        if matches!(conn.proto, Proto::Control(_)) {
+                        if matches!(conn.session, Session::Control(_)) {
                             self.control_resume(key, now);
                         } else {
                             self.client_readable(key, now);
@@ -575,7 +555,7 @@ impl Server {
                     }
                 }
                 Err(e) => {
-                    log::debug!("conn={key} {} write failed: {e}", conn.proto.name());
+                    log::debug!("conn={key} {} write failed: {e}", conn.session.name());
                     self.conns.close(key, Close::Now);
                 }
             }
@@ -597,17 +577,15 @@ impl Server {
             let mut conn = self.conns.slab.remove(key);
             self.conns.head_bytes -= conn.head_held as usize;
             for (rid, ex) in conn.exchanges() {
-                if ex.subscribed {
-                    self.store.unsubscribe(ex.mailbox, sub_id(key, rid), now);
-                }
+                self.unsubscribe(&ex.mailbox, sub_id(key, rid), now);
             }
             let _ = self.poll.registry().deregister(&mut conn.socket);
-            match &conn.proto {
-                Proto::Control(_) => self.conns.control -= 1,
+            match &conn.session {
+                Session::Control(_) => self.conns.control -= 1,
                 _ => self.clients -= 1,
             }
             closed += 1;
-            log::debug!("conn={key} {} closed", conn.proto.name());
+            log::debug!("conn={key} {} closed", conn.session.name());
         }
         closed
     }
@@ -631,7 +609,7 @@ impl Server {
         self.shutdown = Some(now + SHUTDOWN_GRACE);
         let keys: Vec<usize> = self.conns.slab.iter().map(|(k, _)| k).collect();
         for key in keys {
-            if let Proto::Http(h) = &mut self.conns.slab[key].proto {
+            if let Session::Http(h) = &mut self.conns.slab[key].session {
                 h.keep_alive = false;
             }
             let active: Vec<u16> = self.conns.slab[key]
@@ -639,8 +617,8 @@ impl Server {
                 .iter()
                 .map(|(rid, _)| *rid)
                 .collect();
-            match &self.conns.slab[key].proto {
-                Proto::Control(_) => self.conns.close(key, Close::AfterFlush),
+            match &self.conns.slab[key].session {
+                Session::Control(_) => self.conns.close(key, Close::AfterFlush),
                 _ if active.is_empty() => self.conns.close(key, Close::Now),
                 _ => {
                     for rid in active {

@@ -1,10 +1,12 @@
 //! Mailboxes, groups, retention, expiry and message ids: pure logic.
 //!
-//! The store knows nothing of sockets. Subscribers are opaque
-//! [`SubscriberId`]s chosen by the caller; a delivery calls back once per
-//! subscriber with the message and the caller answers what happened
-//! ([`Outcome`]), so the event loop does all the writing and this module stays
-//! testable with a fake clock (`now` is always passed in).
+//! The store knows nothing of sockets, nor of who is subscribed: that is the
+//! local registry's ([`crate::subscribers`]). A delivery returns the message
+//! each mailbox got ([`Delivery`]) and the event loop hands it to the
+//! mailbox's subscribers; the store only hears that a mailbox gained its
+//! first or lost its last subscriber ([`MailboxStore::watch`],
+//! [`MailboxStore::unwatch`]), which starts and stops its expiry clock. It
+//! stays testable with a fake clock (`now` is always passed in).
 //!
 //! Mailboxes and groups live in slabs, indexed by name once. A group keeps its
 //! members as mailbox keys and every mailbox remembers its slot in each group
@@ -28,28 +30,14 @@ use slab::Slab;
 
 use crate::message::{Message, Payload};
 
-/// Identifies one waiting request to the caller; the store only stores and returns it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubscriberId(pub u64);
-
-/// A stable handle on one incarnation of a mailbox: a slab key plus a unique
-/// id, so a handle kept across a `DROP` or an expiry can never reach the new
-/// mailbox that reuses the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxRef {
-    key: usize,
-    uid: u64,
-}
-
-/// What the caller did with a message handed to one subscriber.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Written; the subscriber stays for more.
-    Keep,
-    /// Written, and that request is now complete (a long-poll answer): detach it.
-    Done,
-    /// Could not be written (the connection is over its output cap): detach it.
-    Failed,
+/// One message as one mailbox got it, for the loop to hand to that
+/// mailbox's subscribers.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The mailbox.
+    pub mailbox: Rc<str>,
+    /// Its id there, and the shared payload.
+    pub message: Message,
 }
 
 /// Bounds that keep the store's memory finite.
@@ -59,8 +47,6 @@ pub struct StoreLimits {
     pub retain: usize,
     /// Payload bytes kept per mailbox.
     pub retain_bytes: usize,
-    /// Concurrent subscribers per mailbox (tabs of one user).
-    pub max_subscribers: usize,
     /// How long a mailbox with no subscriber lives.
     pub mailbox_ttl: Duration,
     /// Mailboxes in the whole store.
@@ -89,8 +75,6 @@ pub enum StoreError {
     TooManyMailboxes,
     /// `max_groups` reached.
     TooManyGroups,
-    /// `max_subscribers` reached for that mailbox.
-    TooManySubscribers,
 }
 
 impl fmt::Display for StoreError {
@@ -99,7 +83,6 @@ impl fmt::Display for StoreError {
             StoreError::NotFound => "no such mailbox",
             StoreError::TooManyMailboxes => "mailbox limit reached (max-mailboxes)",
             StoreError::TooManyGroups => "group limit reached (max-groups)",
-            StoreError::TooManySubscribers => "subscriber limit reached (max-subscribers)",
         })
     }
 }
@@ -107,8 +90,6 @@ impl fmt::Display for StoreError {
 /// The answer to `INFO`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxInfo {
-    /// Requests currently waiting on the mailbox.
-    pub subscribers: usize,
     /// Messages retained.
     pub retained: usize,
     /// Highest id delivered to it, or its horizon when it has none.
@@ -126,8 +107,6 @@ pub struct StoreStats {
     pub mailboxes: usize,
     /// Live groups.
     pub groups: usize,
-    /// Subscribers over all mailboxes.
-    pub subscribers: usize,
     /// Messages retained over all mailboxes.
     pub retained: usize,
     /// Messages accepted into mailboxes (ids issued) since start.
@@ -165,7 +144,8 @@ struct Mailbox {
     messages: VecDeque<Message>,
     bytes: usize,
     horizon: u64,
-    subscribers: Vec<SubscriberId>,
+    /// Whether this process has subscribers on it.
+    watched: bool,
     memberships: Vec<Membership>,
     /// Set while nobody is subscribed; the expiry clock runs from here.
     idle_since: Option<Instant>,
@@ -180,28 +160,7 @@ impl Mailbox {
 
     /// Nothing keeps it: no message, no group, no subscriber.
     fn is_unused(&self) -> bool {
-        self.messages.is_empty() && self.memberships.is_empty() && self.subscribers.is_empty()
-    }
-
-    /// Hands `msg` to every subscriber; returns how many it was written to.
-    fn fan_out(
-        &mut self,
-        msg: &Message,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> usize {
-        let mut live = 0;
-        self.subscribers.retain(|&sub| match deliver(sub, msg) {
-            Outcome::Keep => {
-                live += 1;
-                true
-            }
-            Outcome::Done => {
-                live += 1;
-                false
-            }
-            Outcome::Failed => false,
-        });
-        live
+        self.messages.is_empty() && self.memberships.is_empty() && !self.watched
     }
 }
 
@@ -214,55 +173,50 @@ struct Group {
 /// What the server needs from a mailbox store. [`MemoryStore`] keeps
 /// everything in this process; the seam exists so that a shared store (Redis,
 /// for several sidecars) can implement the same contract.
-///
-/// Deliveries call `deliver` once per subscriber of each mailbox reached; a
-/// store must not change membership or subscriptions from inside it.
 pub trait MailboxStore {
-    /// Delivers one message to a mailbox, creating it if needed.
-    /// Returns the message id and how many subscribers it was written to.
+    /// Stores one message in a mailbox, creating it if needed; returns it
+    /// with its id, for the loop to hand to the mailbox's subscribers.
     fn send(
         &mut self,
         name: &str,
         payload: &Rc<Payload>,
         now: Instant,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> Result<(u64, usize), StoreError>;
-    /// Delivers one payload to every member of `group` not named in `except`,
-    /// each member getting its own id. Returns (mailboxes delivered to, live writes).
+    ) -> Result<Delivery, StoreError>;
+    /// Stores one payload in every member of `group` not named in `except`,
+    /// each member giving it its own id; returns one delivery per member.
     fn publish(
         &mut self,
         group: &str,
         payload: &Rc<Payload>,
         except: &[&str],
         now: Instant,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> (usize, usize);
+    ) -> Vec<Delivery>;
     /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
     fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError>;
     /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
     fn leave(&mut self, group: &str, names: &[&str]) -> usize;
     /// The members of a group, in no particular order (empty for an unknown group).
     fn members(&self, group: &str) -> Vec<&str>;
-    /// Removes a mailbox at once; returns the subscribers whose requests must end.
-    fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError>;
+    /// Removes a mailbox at once (its subscribers are the caller's to end).
+    fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError>;
     /// Facts about one mailbox.
     fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo>;
-    /// Finds or creates a mailbox for a client that is opening it. Clients
-    /// may create mailboxes only while the table is below
-    /// [`BACKEND_RESERVE_PERCENT`] of its limit.
-    fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError>;
-    /// The client that opened `mailbox` is done with it without
-    /// subscribing (an answered long-poll): a mailbox that holds nothing
-    /// and belongs to no group disappears, as it does with its last subscriber.
-    fn release(&mut self, mailbox: MailboxRef);
+    /// Finds or creates a mailbox for a client that is opening it, and
+    /// returns its name as the store keeps it. Clients may create mailboxes
+    /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
+    fn open(&mut self, name: &str, now: Instant) -> Result<Rc<str>, StoreError>;
+    /// The client that opened `name` is done with it without subscribing
+    /// (an answered long-poll): a mailbox that holds nothing, belongs to no
+    /// group and is not watched disappears.
+    fn release(&mut self, name: &str);
     /// What a client resuming after `resume` (or from the start, for `None`)
     /// must be sent; `None` when the mailbox is gone.
-    fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>>;
-    /// Registers a subscriber on an opened mailbox.
-    fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError>;
-    /// Removes a subscriber; harmless if it is no longer there. A mailbox
-    /// left with no message, no group and no subscriber disappears.
-    fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant);
+    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog<'_>>;
+    /// The mailbox gained its first local subscriber: it does not expire.
+    fn watch(&mut self, name: &str);
+    /// The mailbox lost its last local subscriber: its expiry clock starts,
+    /// and if it holds no message and belongs to no group it disappears.
+    fn unwatch(&mut self, name: &str, now: Instant);
     /// Removes every mailbox whose idle time has reached the TTL; returns how many.
     fn expire(&mut self, now: Instant) -> usize;
     /// The earliest instant at which [`MailboxStore::expire`] has work.
@@ -282,7 +236,6 @@ pub struct MemoryStore {
     last_id: u64,
     next_gen: u64,
     expiry: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    subscribers: usize,
     retained: usize,
     messages: u64,
     evicted: u64,
@@ -315,7 +268,6 @@ impl MemoryStore {
             last_id: first_id.saturating_sub(1),
             next_gen: 1,
             expiry: BinaryHeap::new(),
-            subscribers: 0,
             retained: 0,
             messages: 0,
             evicted: 0,
@@ -344,11 +296,9 @@ impl MailboxStore for MemoryStore {
         name: &str,
         payload: &Rc<Payload>,
         now: Instant,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> Result<(u64, usize), StoreError> {
+    ) -> Result<Delivery, StoreError> {
         let key = self.get_or_create(name, now)?;
-        let (id, live) = self.deliver_to(key, payload, now, deliver);
-        Ok((id, live))
+        Ok(self.store_in(key, payload))
     }
 
     fn publish(
@@ -356,11 +306,10 @@ impl MailboxStore for MemoryStore {
         group: &str,
         payload: &Rc<Payload>,
         except: &[&str],
-        now: Instant,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> (usize, usize) {
+        _now: Instant,
+    ) -> Vec<Delivery> {
         let Some(&gkey) = self.group_index.get(group) else {
-            return (0, 0);
+            return Vec::new();
         };
         // Sorted so that excluding many members stays O(log n) per member.
         let mut excluded: Vec<usize> = except
@@ -368,19 +317,17 @@ impl MailboxStore for MemoryStore {
             .filter_map(|name| self.mailbox_index.get(*name).copied())
             .collect();
         excluded.sort_unstable();
-        // Members are copied out because delivery may not change membership,
-        // but the borrow checker cannot see that across `deliver_to`.
+        // Members are taken out while storing, which never changes
+        // membership but needs the store mutably.
         let members = std::mem::take(&mut self.groups[gkey].members);
-        let (mut delivered, mut live) = (0, 0);
+        let mut deliveries = Vec::with_capacity(members.len() - excluded.len().min(members.len()));
         for &key in &members {
-            if excluded.binary_search(&key).is_ok() {
-                continue;
+            if excluded.binary_search(&key).is_err() {
+                deliveries.push(self.store_in(key, payload));
             }
-            delivered += 1;
-            live += self.deliver_to(key, payload, now, deliver).1;
         }
         self.groups[gkey].members = members;
-        (delivered, live)
+        deliveries
     }
 
     fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
@@ -448,15 +395,15 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    fn drop_mailbox(&mut self, name: &str) -> Result<Vec<SubscriberId>, StoreError> {
+    fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError> {
         let key = *self.mailbox_index.get(name).ok_or(StoreError::NotFound)?;
-        Ok(self.remove(key))
+        self.remove(key);
+        Ok(())
     }
 
     fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
         let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
         Some(MailboxInfo {
-            subscribers: mailbox.subscribers.len(),
             retained: mailbox.messages.len(),
             last_id: mailbox.last_id(),
             groups: mailbox.memberships.len(),
@@ -466,21 +413,26 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    fn open(&mut self, name: &str, now: Instant) -> Result<MailboxRef, StoreError> {
+    fn open(&mut self, name: &str, now: Instant) -> Result<Rc<str>, StoreError> {
         let client_limit =
             self.limits.max_mailboxes - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
         if !self.mailbox_index.contains_key(name) && self.mailboxes.len() >= client_limit {
             return Err(StoreError::TooManyMailboxes);
         }
         let key = self.get_or_create(name, now)?;
-        Ok(MailboxRef {
-            key,
-            uid: self.mailboxes[key].uid,
-        })
+        Ok(self.mailboxes[key].name.clone())
     }
 
-    fn backlog(&self, mailbox: MailboxRef, resume: Option<u64>) -> Option<Backlog<'_>> {
-        let mb = self.get(mailbox)?;
+    fn release(&mut self, name: &str) {
+        if let Some(&key) = self.mailbox_index.get(name)
+            && self.mailboxes[key].is_unused()
+        {
+            self.remove(key);
+        }
+    }
+
+    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog<'_>> {
+        let mb = &self.mailboxes[*self.mailbox_index.get(name)?];
         let (gap, start) = match resume {
             None => (false, 0),
             Some(after) => (
@@ -496,39 +448,24 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    fn subscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId) -> Result<(), StoreError> {
-        let max = self.limits.max_subscribers;
-        let mb = self.get_mut(mailbox).ok_or(StoreError::NotFound)?;
-        if mb.subscribers.len() >= max {
-            return Err(StoreError::TooManySubscribers);
+    fn watch(&mut self, name: &str) {
+        if let Some(&key) = self.mailbox_index.get(name) {
+            let mb = &mut self.mailboxes[key];
+            mb.watched = true;
+            mb.idle_since = None;
+            mb.idle_gen = 0;
         }
-        mb.subscribers.push(sub);
-        mb.idle_since = None;
-        mb.idle_gen = 0;
-        self.subscribers += 1;
-        Ok(())
     }
 
-    fn unsubscribe(&mut self, mailbox: MailboxRef, sub: SubscriberId, now: Instant) {
-        let Some(mb) = self.get_mut(mailbox) else {
+    fn unwatch(&mut self, name: &str, now: Instant) {
+        let Some(&key) = self.mailbox_index.get(name) else {
             return;
         };
-        let Some(i) = mb.subscribers.iter().position(|&s| s == sub) else {
-            return;
-        };
-        mb.subscribers.swap_remove(i);
-        let unused = mb.is_unused();
-        self.subscribers -= 1;
-        if unused {
-            self.remove(mailbox.key);
+        self.mailboxes[key].watched = false;
+        if self.mailboxes[key].is_unused() {
+            self.remove(key);
         } else {
-            self.go_idle_if_unwatched(mailbox.key, now);
-        }
-    }
-
-    fn release(&mut self, mailbox: MailboxRef) {
-        if self.get(mailbox).is_some_and(Mailbox::is_unused) {
-            self.remove(mailbox.key);
+            self.go_idle_if_unwatched(key, now);
         }
     }
 
@@ -539,9 +476,10 @@ impl MailboxStore for MemoryStore {
                 break;
             }
             self.expiry.pop();
-            let current = self.mailboxes.get(key).is_some_and(|m| {
-                m.idle_gen == generation && m.subscribers.is_empty() && m.idle_since.is_some()
-            });
+            let current = self
+                .mailboxes
+                .get(key)
+                .is_some_and(|m| m.idle_gen == generation && !m.watched && m.idle_since.is_some());
             if current {
                 self.remove(key);
                 self.expired += 1;
@@ -559,7 +497,6 @@ impl MailboxStore for MemoryStore {
         StoreStats {
             mailboxes: self.mailboxes.len(),
             groups: self.groups.len(),
-            subscribers: self.subscribers,
             retained: self.retained,
             messages: self.messages,
             evicted: self.evicted,
@@ -570,14 +507,6 @@ impl MailboxStore for MemoryStore {
 }
 
 impl MemoryStore {
-    fn get(&self, r: MailboxRef) -> Option<&Mailbox> {
-        self.mailboxes.get(r.key).filter(|m| m.uid == r.uid)
-    }
-
-    fn get_mut(&mut self, r: MailboxRef) -> Option<&mut Mailbox> {
-        self.mailboxes.get_mut(r.key).filter(|m| m.uid == r.uid)
-    }
-
     fn get_or_create(&mut self, name: &str, now: Instant) -> Result<usize, StoreError> {
         if let Some(&key) = self.mailbox_index.get(name) {
             return Ok(key);
@@ -593,7 +522,7 @@ impl MemoryStore {
             messages: VecDeque::new(),
             bytes: 0,
             horizon: self.discarded,
-            subscribers: Vec::new(),
+            watched: false,
             memberships: Vec::new(),
             idle_since: None,
             idle_gen: 0,
@@ -603,36 +532,24 @@ impl MemoryStore {
         Ok(key)
     }
 
-    fn deliver_to(
-        &mut self,
-        key: usize,
-        payload: &Rc<Payload>,
-        now: Instant,
-        deliver: &mut dyn FnMut(SubscriberId, &Message) -> Outcome,
-    ) -> (u64, usize) {
+    /// Gives a payload the next id in mailbox `key` and retains it.
+    fn store_in(&mut self, key: usize, payload: &Rc<Payload>) -> Delivery {
         self.last_id += 1;
         self.messages += 1;
-        let msg = Message {
+        let message = Message {
             id: self.last_id,
             payload: payload.clone(),
         };
-        let mailbox = &mut self.mailboxes[key];
-        let before = mailbox.subscribers.len();
-        let live = mailbox.fan_out(&msg, deliver);
-        let after = mailbox.subscribers.len();
-        self.subscribers -= before - after;
-        self.retain(key, msg);
-        if before > 0 && after == 0 {
-            self.go_idle_if_unwatched(key, now);
-        }
-        (self.last_id, live)
+        let mailbox = self.mailboxes[key].name.clone();
+        self.retain(key, message.clone());
+        Delivery { mailbox, message }
     }
 
     /// Starts the expiry clock of a mailbox that has just lost its last subscriber.
     fn go_idle_if_unwatched(&mut self, key: usize, now: Instant) {
         let generation = self.bump_gen();
         let mailbox = &mut self.mailboxes[key];
-        if !mailbox.subscribers.is_empty() {
+        if mailbox.watched {
             return;
         }
         mailbox.idle_since = Some(now);
@@ -724,8 +641,8 @@ impl MemoryStore {
         self.memory -= MESSAGE_OVERHEAD;
     }
 
-    /// Removes a mailbox from its groups and the store; returns its subscribers.
-    fn remove(&mut self, key: usize) -> Vec<SubscriberId> {
+    /// Removes a mailbox from its groups and the store.
+    fn remove(&mut self, key: usize) {
         let mailbox = self.mailboxes.remove(key);
         self.mailbox_index.remove(&mailbox.name);
         if !mailbox.messages.is_empty() {
@@ -735,11 +652,9 @@ impl MemoryStore {
             self.unhold(msg);
         }
         self.retained -= mailbox.messages.len();
-        self.subscribers -= mailbox.subscribers.len();
         for membership in mailbox.memberships {
             self.unlink(membership);
         }
-        mailbox.subscribers
     }
 
     /// Takes one mailbox out of one group's member vector, fixing the slot of
@@ -771,7 +686,6 @@ mod tests {
         StoreLimits {
             retain: 3,
             retain_bytes: 1 << 20,
-            max_subscribers: 2,
             mailbox_ttl: Duration::from_secs(10),
             max_mailboxes: 100,
             max_groups: 10,
@@ -791,12 +705,8 @@ mod tests {
     fn ids_increase_across_mailboxes_and_start_at_seed() {
         let now = Instant::now();
         let mut s = MemoryStore::new(limits(), 1000);
-        let (a, _) = s
-            .send("a", &payload("1"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
-        let (b, _) = s
-            .send("b", &payload("2"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        let a = s.send("a", &payload("1"), now).unwrap().message.id;
+        let b = s.send("b", &payload("2"), now).unwrap().message.id;
         assert_eq!((a, b), (1000, 1001));
     }
 
@@ -805,22 +715,19 @@ mod tests {
         let now = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
         for i in 0..5 {
-            s.send("a", &payload(&i.to_string()), now, &mut |_, _| {
-                Outcome::Keep
-            })
-            .unwrap();
+            s.send("a", &payload(&i.to_string()), now).unwrap();
         }
         let r = s.open("a", now).unwrap();
-        let mut b = s.backlog(r, None).unwrap();
+        let mut b = s.backlog(&r, None).unwrap();
         assert_eq!(ids(&mut b), vec![3, 4, 5]);
         assert!(!b.gap);
-        let mut b = s.backlog(r, Some(1)).unwrap();
+        let mut b = s.backlog(&r, Some(1)).unwrap();
         assert!(b.gap, "ids 2 was evicted");
         assert_eq!(ids(&mut b), vec![3, 4, 5]);
-        let mut b = s.backlog(r, Some(2)).unwrap();
+        let mut b = s.backlog(&r, Some(2)).unwrap();
         assert!(!b.gap, "nothing after 2 was lost");
         assert_eq!(ids(&mut b), vec![3, 4, 5]);
-        let mut b = s.backlog(r, Some(4)).unwrap();
+        let mut b = s.backlog(&r, Some(4)).unwrap();
         assert_eq!(ids(&mut b), vec![5]);
         assert_eq!(s.stats().evicted, 2);
         assert_eq!(s.stats().retained, 3);
@@ -832,12 +739,10 @@ mod tests {
         let mut l = limits();
         l.retain_bytes = 4;
         let mut s = MemoryStore::new(l, 1);
-        s.send("a", &payload("abc"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
-        s.send("a", &payload("defgh"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        s.send("a", &payload("abc"), now).unwrap();
+        s.send("a", &payload("defgh"), now).unwrap();
         let r = s.open("a", now).unwrap();
-        assert_eq!(ids(&mut s.backlog(r, None).unwrap()), vec![2]);
+        assert_eq!(ids(&mut s.backlog(&r, None).unwrap()), vec![2]);
     }
 
     #[test]
@@ -846,24 +751,22 @@ mod tests {
         let mut s = MemoryStore::new(limits(), 1000);
         let r = s.open("fresh", now).unwrap();
         assert!(
-            s.backlog(r, Some(500)).unwrap().gap,
+            s.backlog(&r, Some(500)).unwrap().gap,
             "from before the start"
         );
-        assert!(!s.backlog(r, Some(999)).unwrap().gap);
-        let (id, _) = s
-            .send("other", &payload("x"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        assert!(!s.backlog(&r, Some(999)).unwrap().gap);
+        let id = s.send("other", &payload("x"), now).unwrap().message.id;
         assert!(
-            !s.backlog(r, Some(999)).unwrap().gap,
+            !s.backlog(&r, Some(999)).unwrap().gap,
             "other mailboxes lose nothing"
         );
         s.drop_mailbox("other").unwrap();
         let r = s.open("later", now).unwrap();
         assert!(
-            s.backlog(r, Some(999)).unwrap().gap,
+            s.backlog(&r, Some(999)).unwrap().gap,
             "it may have been 'later'"
         );
-        assert!(!s.backlog(r, Some(id)).unwrap().gap);
+        assert!(!s.backlog(&r, Some(id)).unwrap().gap);
     }
 
     #[test]
@@ -871,26 +774,25 @@ mod tests {
         let now = Instant::now();
         let mut s = MemoryStore::new(limits(), 1000);
         let r = s.open("ghost", now).unwrap();
-        s.subscribe(r, SubscriberId(1)).unwrap();
-        s.unsubscribe(r, SubscriberId(1), now);
+        s.watch(&r);
+        s.unwatch(&r, now);
         assert!(s.info("ghost", now).is_none());
         // An answered long-poll that never subscribed leaves nothing either.
         let r = s.open("ghost", now).unwrap();
-        s.release(r);
+        s.release(&r);
         assert_eq!(s.stats().mailboxes, 0);
         // Coming back later: no false gap, since nothing was lost.
         let r = s.open("ghost", now).unwrap();
-        assert!(!s.backlog(r, Some(999)).unwrap().gap);
+        assert!(!s.backlog(&r, Some(999)).unwrap().gap);
         // In a group, or holding a message, it stays.
         s.join("g", &["member"], now).unwrap();
         let r = s.open("member", now).unwrap();
-        s.release(r);
+        s.release(&r);
         assert!(s.info("member", now).is_some());
-        s.send("kept", &payload("x"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        s.send("kept", &payload("x"), now).unwrap();
         let r = s.open("kept", now).unwrap();
-        s.subscribe(r, SubscriberId(2)).unwrap();
-        s.unsubscribe(r, SubscriberId(2), now);
+        s.watch(&r);
+        s.unwatch(&r, now);
         assert!(s.info("kept", now).is_some());
     }
 
@@ -904,14 +806,11 @@ mod tests {
         assert_eq!(s.open("c90", now), Err(StoreError::TooManyMailboxes));
         assert!(s.open("c5", now).is_ok(), "existing ones still open");
         for i in 0..10 {
-            s.send(&format!("b{i}"), &payload("x"), now, &mut |_, _| {
-                Outcome::Keep
-            })
-            .unwrap();
+            s.send(&format!("b{i}"), &payload("x"), now).unwrap();
         }
         assert_eq!(
-            s.send("b10", &payload("x"), now, &mut |_, _| Outcome::Keep),
-            Err(StoreError::TooManyMailboxes)
+            s.send("b10", &payload("x"), now).unwrap_err(),
+            StoreError::TooManyMailboxes
         );
     }
 
@@ -921,7 +820,7 @@ mod tests {
         let mut s = MemoryStore::new(limits(), 1);
         let p = payload(&"x".repeat(1000));
         s.join("g", &["a", "b", "c"], now).unwrap();
-        s.publish("g", &p, &[], now, &mut |_, _| Outcome::Keep);
+        s.publish("g", &p, &[], now);
         assert!(p.cost() > 3000, "data, SSE and JSON: {}", p.cost());
         assert_eq!(s.stats().retained_bytes, p.cost() + 3 * MESSAGE_OVERHEAD);
         s.drop_mailbox("a").unwrap();
@@ -942,11 +841,11 @@ mod tests {
         let mut ids = vec![];
         for i in 0..30 {
             let name = ["a", "b", "c"][i % 3];
-            let (id, _) = s
-                .send(name, &payload(&"y".repeat(1000)), now, &mut |_, _| {
-                    Outcome::Keep
-                })
-                .unwrap();
+            let id = s
+                .send(name, &payload(&"y".repeat(1000)), now)
+                .unwrap()
+                .message
+                .id;
             ids.push(id);
         }
         let st = s.stats();
@@ -955,46 +854,26 @@ mod tests {
         // "a" kept its newest messages; resuming before them is a gap.
         let r = s.open("a", now).unwrap();
         let (gap, oldest) = {
-            let b = s.backlog(r, Some(ids[0])).unwrap();
+            let b = s.backlog(&r, Some(ids[0])).unwrap();
             (b.gap, b.oldest)
         };
         assert!(gap);
         assert!(oldest.unwrap() >= ids[20]);
         // The eviction order stays bounded by what is retained.
         for _ in 0..5000 {
-            s.send("a", &payload("z"), now, &mut |_, _| Outcome::Keep)
-                .unwrap();
+            s.send("a", &payload("z"), now).unwrap();
         }
         assert!(s.order.len() <= 2 * s.stats().retained + 1024 + 1);
     }
 
     #[test]
-    fn delivery_reaches_subscribers_and_counts_live() {
+    fn a_delivery_names_its_mailbox_and_message() {
         let now = Instant::now();
-        let mut s = MemoryStore::new(limits(), 1);
-        let r = s.open("a", now).unwrap();
-        s.subscribe(r, SubscriberId(1)).unwrap();
-        s.subscribe(r, SubscriberId(2)).unwrap();
-        assert_eq!(
-            s.subscribe(r, SubscriberId(3)),
-            Err(StoreError::TooManySubscribers)
-        );
-        let mut seen = vec![];
-        let (_, live) = s
-            .send("a", &payload("hi"), now, &mut |sub, m| {
-                seen.push((sub.0, m.id));
-                if sub.0 == 1 {
-                    Outcome::Done
-                } else {
-                    Outcome::Keep
-                }
-            })
-            .unwrap();
-        assert_eq!(live, 2);
-        seen.sort();
-        assert_eq!(seen, vec![(1, 1), (2, 1)]);
-        assert_eq!(s.info("a", now).unwrap().subscribers, 1);
-        assert_eq!(s.stats().subscribers, 1);
+        let mut s = MemoryStore::new(limits(), 7);
+        let d = s.send("a", &payload("hi"), now).unwrap();
+        assert_eq!((&*d.mailbox, d.message.id), ("a", 7));
+        assert_eq!(&**d.message.payload.data(), b"hi");
+        assert_eq!(s.info("a", now).unwrap().retained, 1);
     }
 
     #[test]
@@ -1003,24 +882,16 @@ mod tests {
         let mut s = MemoryStore::new(limits(), 1);
         assert_eq!(s.join("g", &["a", "b", "c"], now).unwrap(), 3);
         assert_eq!(s.join("g", &["a"], now).unwrap(), 3);
-        let mut got = vec![];
-        for name in ["a", "b", "c"] {
-            let r = s.open(name, now).unwrap();
-            s.subscribe(r, SubscriberId(name.as_bytes()[0] as u64))
-                .unwrap();
-        }
-        let (n, live) = s.publish("g", &payload("p"), &["b", "nobody"], now, &mut |sub, m| {
-            got.push((sub.0, m.id));
-            Outcome::Keep
-        });
-        assert_eq!((n, live), (2, 2));
+        let mut got: Vec<(String, u64)> = s
+            .publish("g", &payload("p"), &["b", "nobody"], now)
+            .into_iter()
+            .map(|d| (d.mailbox.to_string(), d.message.id))
+            .collect();
         got.sort();
         assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.as_str(), got[1].0.as_str()), ("a", "c"));
         assert_ne!(got[0].1, got[1].1, "each member gets its own id");
-        assert_eq!(
-            s.publish("nope", &payload("p"), &[], now, &mut |_, _| Outcome::Keep),
-            (0, 0)
-        );
+        assert!(s.publish("nope", &payload("p"), &[], now).is_empty());
     }
 
     #[test]
@@ -1047,7 +918,7 @@ mod tests {
         let mut s = MemoryStore::new(limits(), 1);
         s.join("g", &["a", "b"], t0).unwrap();
         let rb = s.open("b", t0).unwrap();
-        s.subscribe(rb, SubscriberId(9)).unwrap();
+        s.watch(&rb);
         assert_eq!(s.next_deadline(), Some(t0 + ttl));
         assert_eq!(s.expire(t0 + ttl - Duration::from_millis(1)), 0);
         assert_eq!(s.expire(t0 + ttl), 1);
@@ -1055,7 +926,7 @@ mod tests {
         assert_eq!(s.members("g"), vec!["b"]);
         // b goes idle later and expires a TTL after that, taking the group with it.
         let t1 = t0 + Duration::from_secs(5);
-        s.unsubscribe(rb, SubscriberId(9), t1);
+        s.unwatch(&rb, t1);
         assert_eq!(
             s.info("b", t1 + Duration::from_secs(3)).unwrap().idle_secs,
             3
@@ -1070,12 +941,11 @@ mod tests {
     fn expiry_heap_stays_bounded_under_churn() {
         let t0 = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
-        s.send("a", &payload("kept"), t0, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        s.send("a", &payload("kept"), t0).unwrap();
         let r = s.open("a", t0).unwrap();
-        for i in 0..10_000 {
-            s.subscribe(r, SubscriberId(i)).unwrap();
-            s.unsubscribe(r, SubscriberId(i), t0);
+        for _ in 0..10_000 {
+            s.watch(&r);
+            s.unwatch(&r, t0);
         }
         // One live mailbox: at most 2 + 1024 entries, plus the one just pushed.
         assert!(s.expiry.len() <= 2 + 1024 + 1, "{}", s.expiry.len());
@@ -1091,24 +961,26 @@ mod tests {
         let t0 = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", t0).unwrap();
-        s.subscribe(r, SubscriberId(1)).unwrap();
+        s.watch(&r);
         assert_eq!(s.expire(t0 + Duration::from_secs(100)), 0);
         assert!(s.info("a", t0).is_some());
     }
 
     #[test]
-    fn dropped_mailbox_refs_go_stale() {
+    fn a_dropped_mailbox_is_gone_for_everyone() {
         let now = Instant::now();
         let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", now).unwrap();
-        s.subscribe(r, SubscriberId(1)).unwrap();
-        assert_eq!(s.drop_mailbox("a").unwrap(), vec![SubscriberId(1)]);
+        s.watch(&r);
+        assert_eq!(s.drop_mailbox("a"), Ok(()));
         assert_eq!(s.drop_mailbox("a"), Err(StoreError::NotFound));
-        let r2 = s.open("b", now).unwrap();
-        assert!(s.backlog(r, None).is_none());
-        assert!(s.backlog(r2, None).is_some());
-        s.unsubscribe(r, SubscriberId(1), now);
-        assert_eq!(s.stats().subscribers, 0);
+        assert!(s.backlog(&r, None).is_none());
+        s.unwatch(&r, now);
+        assert_eq!(
+            s.stats().mailboxes,
+            0,
+            "unwatching a dropped mailbox is harmless"
+        );
     }
 
     #[test]
@@ -1122,13 +994,11 @@ mod tests {
             Err(StoreError::TooManyMailboxes)
         );
         assert_eq!(s.stats().mailboxes, 0);
-        s.send("a", &payload("x"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
-        s.send("b", &payload("x"), now, &mut |_, _| Outcome::Keep)
-            .unwrap();
+        s.send("a", &payload("x"), now).unwrap();
+        s.send("b", &payload("x"), now).unwrap();
         assert_eq!(
-            s.send("c", &payload("x"), now, &mut |_, _| Outcome::Keep),
-            Err(StoreError::TooManyMailboxes)
+            s.send("c", &payload("x"), now).unwrap_err(),
+            StoreError::TooManyMailboxes
         );
     }
 }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailboxd::control::{self, Frame, Status};
+use mailboxd::wire::control::{self, Frame, Status};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
                     Frame::Blank => {}
                     Frame::Oversize { skip: s, .. } => skip = s,
                     Frame::Request { line, payload } => {
-                        let _ = control::parse_request(line, payload);
+                        let _ = control::parse_command(line, payload);
                     }
                 }
                 rest = &rest[used..];

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailboxd::codec::Status;
-use mailboxd::gateway::{cgi, fcgi};
+use mailboxd::wire::Status;
+use mailboxd::wire::{cgi, fcgi};
 use mailboxd::request::route;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailboxd::codec::Status;
-use mailboxd::gateway::{cgi, scgi};
+use mailboxd::wire::Status;
+use mailboxd::wire::{cgi, scgi};
 use mailboxd::request::route;
 
 fuzz_target!(|data: &[u8]| {

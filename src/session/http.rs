@@ -3,12 +3,12 @@
 
 use std::time::Instant;
 
-use crate::codec::Status;
-use crate::conn::{Close, HttpPhase, Proto, ReadEnd, discard_input, read_into};
-use crate::gateway::http;
-use crate::request::{Rejection, Status as HttpStatus, route};
+use crate::conn::{Close, HttpPhase, ReadEnd, Session, discard_input, read_into};
+use crate::request::{HttpStatus, Rejection, route};
 use crate::server::Server;
-use crate::transport::Transport;
+use crate::wire::Status;
+use crate::wire::http;
+use crate::wire::transport::Transport;
 
 use super::PIPELINE_HIGH;
 
@@ -25,7 +25,7 @@ impl Server {
             let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
                 return;
             };
-            let Proto::Http(h) = &mut conn.proto else {
+            let Session::Http(h) = &mut conn.session else {
                 return;
             };
             if conn.paused || conn.close == Close::Now {
@@ -63,8 +63,8 @@ impl Server {
     }
 
     fn http_buffered(&self, key: usize) -> usize {
-        match self.conns.slab.get(key).map(|c| &c.proto) {
-            Some(Proto::Http(h)) => h.inbuf.len(),
+        match self.conns.slab.get(key).map(|c| &c.session) {
+            Some(Session::Http(h)) => h.inbuf.len(),
             _ => 0,
         }
     }
@@ -78,7 +78,7 @@ impl Server {
             let Some(conn) = self.conns.slab.get_mut(key) else {
                 return;
             };
-            let Proto::Http(h) = &mut conn.proto else {
+            let Session::Http(h) = &mut conn.session else {
                 return;
             };
             if conn.close != Close::No || !matches!(h.phase, HttpPhase::Head) {

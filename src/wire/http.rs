@@ -6,8 +6,8 @@
 //! encoding. Long-poll answers are sized and keep the connection alive when
 //! the client asked for it.
 
-use crate::codec::Status;
 use crate::request::{Head, Request};
+use crate::wire::Status;
 
 /// Largest request head accepted. Browsers send 1–2 KiB; nginx's default
 /// `large_client_header_buffers` is 8 KiB, so nothing legitimate is larger.
@@ -124,7 +124,7 @@ pub fn encode_head(head: &Head, keep_alive: bool, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Status as HttpStatus;
+    use crate::request::HttpStatus;
 
     fn complete(buf: &[u8]) -> (ParsedHead<'_>, usize) {
         match parse(buf).unwrap() {
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         let alphabet = b"GET /a?b=c HTTP/1.1\r\n: Last-Event-ID\xff";
-        for buf in crate::codec::random_inputs(0x9E3779B97F4A7C15, alphabet, 64, 20000) {
+        for buf in crate::wire::random_inputs(0x9E3779B97F4A7C15, alphabet, 64, 20000) {
             let _ = parse(&buf);
         }
     }
@@ -207,7 +207,7 @@ mod tests {
     fn encodes_heads() {
         let mut out = vec![];
         encode_head(
-            &Head::stream(crate::transport::Transport::Sse),
+            &Head::stream(crate::wire::transport::Transport::Sse),
             true,
             &mut out,
         );

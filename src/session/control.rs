@@ -1,4 +1,4 @@
-//! Control connections: backends' requests applied to the store.
+//! Control connections: backends' commands applied to the store.
 //!
 //! Input is framed by [`control::parse_frame`] and each request answered in
 //! order. Replies accumulate in the connection's output; above
@@ -9,11 +9,11 @@
 
 use std::time::Instant;
 
-use crate::conn::{Close, Proto, ReadEnd, read_into, split_sub};
-use crate::control::{self, ControlError, ErrorCode, Frame, Reply, Request};
+use crate::conn::{Close, ReadEnd, Session, read_into, split_sub};
 use crate::message::Payload;
 use crate::server::Server;
 use crate::store::StoreError;
+use crate::wire::control::{self, Command, ControlError, ErrorCode, Frame, Reply};
 
 /// Replies queued for one backend before its input is paused: enough for
 /// ~10,000 pipelined `SEND` replies in flight.
@@ -29,7 +29,7 @@ impl Server {
             let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
                 return;
             };
-            let Proto::Control(c) = &mut conn.proto else {
+            let Session::Control(c) = &mut conn.session else {
                 return;
             };
             if conn.paused || conn.close != Close::No {
@@ -70,7 +70,7 @@ impl Server {
             return;
         };
         let queued = conn.out.len();
-        let Proto::Control(c) = &mut conn.proto else {
+        let Session::Control(c) = &mut conn.session else {
             return;
         };
         let input = std::mem::take(&mut c.inbuf);
@@ -111,8 +111,8 @@ impl Server {
                         format!("payload of {len} bytes exceeds max-message ({max_message})"),
                     ))
                 }
-                Frame::Request { line, payload } => match control::parse_request(line, payload) {
-                    Ok(Request::Quit) => {
+                Frame::Request { line, payload } => match control::parse_command(line, payload) {
+                    Ok(Command::Quit) => {
                         close = true;
                         break;
                     }
@@ -128,7 +128,7 @@ impl Server {
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
-        if let Proto::Control(c) = &mut conn.proto {
+        if let Session::Control(c) = &mut conn.session {
             let mut input = input;
             input.drain(..consumed);
             c.inbuf = input;
@@ -144,46 +144,41 @@ impl Server {
         }
     }
 
-    /// Applies one request to the store and delivers what it produced.
-    fn execute(&mut self, request: Request<'_>, now: Instant) -> Result<Reply, ControlError> {
-        let max_output = self.config.max_output;
-        let Server { store, conns, .. } = self;
-        match request {
-            Request::Ping => Ok(Reply::Pong),
-            Request::Send {
+    /// Applies one command to the store and hands what it stored to the
+    /// local subscribers.
+    fn execute(&mut self, command: Command<'_>, now: Instant) -> Result<Reply, ControlError> {
+        let store = &mut self.store;
+        match command {
+            Command::Ping => Ok(Reply::Pong),
+            Command::Send {
                 mailbox,
                 event,
                 data,
             } => {
                 let payload = Payload::new(event, data);
-                let (id, live) = store
-                    .send(mailbox, &payload, now, &mut |sub, msg| {
-                        conns.deliver(sub, msg, max_output, now)
-                    })
-                    .map_err(full)?;
-                Ok(Reply::Ok(format!("{id} {live}")))
+                let delivery = store.send(mailbox, &payload, now).map_err(full)?;
+                let live = self.fan_out(&delivery, now);
+                Ok(Reply::Ok(format!("{} {live}", delivery.message.id)))
             }
-            Request::Publish {
+            Command::Publish {
                 group,
                 event,
                 except,
                 data,
             } => {
                 let payload = Payload::new(event, data);
-                let (delivered, live) =
-                    store.publish(group, &payload, &except, now, &mut |sub, msg| {
-                        conns.deliver(sub, msg, max_output, now)
-                    });
-                Ok(Reply::Ok(format!("{delivered} {live}")))
+                let deliveries = store.publish(group, &payload, &except, now);
+                let live: usize = deliveries.iter().map(|d| self.fan_out(d, now)).sum();
+                Ok(Reply::Ok(format!("{} {live}", deliveries.len())))
             }
-            Request::Join { group, mailboxes } => store
+            Command::Join { group, mailboxes } => store
                 .join(group, &mailboxes, now)
                 .map(|n| Reply::Ok(n.to_string()))
                 .map_err(full),
-            Request::Leave { group, mailboxes } => {
+            Command::Leave { group, mailboxes } => {
                 Ok(Reply::Ok(store.leave(group, &mailboxes).to_string()))
             }
-            Request::Members { group } => {
+            Command::Members { group } => {
                 let members = store.members(group);
                 let mut fields = members.len().to_string();
                 for m in members {
@@ -192,33 +187,29 @@ impl Server {
                 }
                 Ok(Reply::Ok(fields))
             }
-            Request::Drop { mailbox } => {
-                let subscribers = store
+            Command::Drop { mailbox } => {
+                store
                     .drop_mailbox(mailbox)
                     .map_err(|_| not_found(mailbox))?;
-                for sub in subscribers {
+                for sub in self.subscribers.take(mailbox) {
                     let (key, rid) = split_sub(sub);
-                    if let Some(ex) = self
-                        .conns
-                        .slab
-                        .get_mut(key)
-                        .and_then(|c| c.exchange_mut(rid))
-                    {
-                        ex.subscribed = false;
-                    }
                     self.end_exchange(key, rid, now);
                 }
                 Ok(Reply::Ok(String::new()))
             }
-            Request::Info { mailbox } => {
+            Command::Info { mailbox } => {
                 let info = store.info(mailbox, now).ok_or_else(|| not_found(mailbox))?;
                 Ok(Reply::Ok(format!(
                     "subscribers={} retained={} last_id={} groups={} idle={}",
-                    info.subscribers, info.retained, info.last_id, info.groups, info.idle_secs
+                    self.subscribers.count(mailbox),
+                    info.retained,
+                    info.last_id,
+                    info.groups,
+                    info.idle_secs
                 )))
             }
-            Request::Stats => Ok(Reply::Ok(self.stats_line(now))),
-            Request::Token { mailbox, ttl } => {
+            Command::Stats => Ok(Reply::Ok(self.stats_line(now))),
+            Command::Token { mailbox, ttl } => {
                 let secret = self.secret.as_ref().ok_or_else(|| {
                     ControlError::new(
                         ErrorCode::NoSecret,
@@ -230,7 +221,7 @@ impl Server {
                     .map_or(0, |d| d.as_secs());
                 Ok(Reply::Ok(secret.mint(mailbox, unix_now + ttl)))
             }
-            Request::Quit => Ok(Reply::None),
+            Command::Quit => Ok(Reply::None),
         }
     }
 
@@ -240,7 +231,7 @@ impl Server {
         format!(
             "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={} retained_bytes={}",
             self.clients,
-            s.subscribers,
+            self.subscribers.total(),
             s.mailboxes,
             s.groups,
             s.messages,

@@ -8,7 +8,7 @@
 //! writes `STDOUT`, `END_REQUEST`, `GET_VALUES_RESULT` and `UNKNOWN_TYPE`.
 //! Pure functions only; the connection state lives in `clients::fcgi`.
 
-use crate::codec::Status;
+use crate::wire::Status;
 
 /// Record header length.
 pub const HEADER_LEN: usize = 8;
@@ -368,7 +368,7 @@ mod tests {
         let alphabet = [
             1, 1, 1, 1, 1, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
         ];
-        for buf in crate::codec::random_inputs(0xDEADBEEFCAFEF00D, &alphabet, 48, 20000) {
+        for buf in crate::wire::random_inputs(0xDEADBEEFCAFEF00D, &alphabet, 48, 20000) {
             if let Ok(Status::Complete((rec, used))) = parse(&buf) {
                 assert!(used <= buf.len());
                 let _ = parse_pairs(rec.content);

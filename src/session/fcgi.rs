@@ -9,12 +9,12 @@
 
 use std::time::Instant;
 
-use crate::codec::Status;
-use crate::conn::{Close, FcgiPhase, FcgiRequest, Proto, ReadEnd, read_into, sub_id};
-use crate::gateway::{cgi, fcgi};
-use crate::request::{Rejection, Status as HttpStatus, route};
+use crate::conn::{Close, FcgiPhase, FcgiRequest, ReadEnd, Session, read_into, sub_id};
+use crate::request::{HttpStatus, Rejection, route};
 use crate::server::Server;
 use crate::timer::TimerId;
+use crate::wire::Status;
+use crate::wire::{cgi, fcgi};
 
 use super::PIPELINE_HIGH;
 
@@ -40,7 +40,7 @@ impl Server {
             let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
                 return;
             };
-            let Proto::Fcgi(f) = &mut conn.proto else {
+            let Session::Fcgi(f) = &mut conn.session else {
                 return;
             };
             if conn.paused || conn.close == Close::Now {
@@ -69,7 +69,7 @@ impl Server {
             let Some(conn) = self.conns.slab.get_mut(key) else {
                 return false;
             };
-            let Proto::Fcgi(f) = &mut conn.proto else {
+            let Session::Fcgi(f) = &mut conn.session else {
                 return false;
             };
             if conn.close == Close::Now {
@@ -97,7 +97,7 @@ impl Server {
                     return false;
                 }
             };
-            if let Some(Proto::Fcgi(f)) = self.conns.slab.get_mut(key).map(|c| &mut c.proto) {
+            if let Some(Session::Fcgi(f)) = self.conns.slab.get_mut(key).map(|c| &mut c.session) {
                 let mut input = input;
                 input.drain(..used);
                 f.inbuf = input;
@@ -111,7 +111,7 @@ impl Server {
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
-        let Proto::Fcgi(f) = &mut conn.proto else {
+        let Session::Fcgi(f) = &mut conn.session else {
             return;
         };
         match record.kind {
@@ -208,12 +208,9 @@ impl Server {
                 let Some(request) = f.request_mut(rid) else {
                     return;
                 };
-                if let FcgiPhase::Active(ex) = &mut request.phase
-                    && ex.subscribed
-                {
-                    ex.subscribed = false;
-                    let mailbox = ex.mailbox;
-                    self.store.unsubscribe(mailbox, sub_id(key, rid), now);
+                if let FcgiPhase::Active(ex) = &request.phase {
+                    let mailbox = ex.mailbox.clone();
+                    self.unsubscribe(&mailbox, sub_id(key, rid), now);
                 }
                 log::debug!("conn={key} fastcgi request {rid} aborted by the web server");
                 self.finish(key, rid, false, now);

@@ -3,7 +3,7 @@
 //! Framing and validation are separate on purpose. [`parse_frame`] only finds
 //! where a request ends: the line, and for `SEND`/`PUBLISH` the payload whose
 //! length the line states. Once a frame is known the stream is in sync, so any
-//! later complaint ([`parse_request`]: bad name, unknown option, invalid UTF-8)
+//! later complaint ([`parse_command`]: bad name, unknown option, invalid UTF-8)
 //! is answered with `ERR` and the connection stays usable. Only errors that
 //! lose the frame boundary ([`FrameError`]) close the connection, after an
 //! `ERR` line. A payload over `max-message` is not buffered: the frame says
@@ -13,8 +13,8 @@
 
 use std::fmt;
 
-pub use crate::codec::Status;
 use crate::name;
+pub use crate::wire::Status;
 
 /// Longest request line; room for a `JOIN` of ~500 maximal names. Longer
 /// lines cannot be resynchronised (the payload length is unknown), so they
@@ -118,7 +118,7 @@ pub fn parse_frame(
         )));
     }
     let Some(len_token) = tokens.nth(1) else {
-        // Too few arguments: no payload can be expected; parse_request reports it.
+        // Too few arguments: no payload can be expected; parse_command reports it.
         return Ok(Status::Complete((
             Frame::Request {
                 line,
@@ -173,9 +173,9 @@ fn parse_decimal(token: &[u8]) -> Option<usize> {
     std::str::from_utf8(token).ok()?.parse().ok()
 }
 
-/// One validated control request, borrowing from the input buffer.
+/// One validated control command, borrowing from the input buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Request<'a> {
+pub enum Command<'a> {
     /// `PING`
     Ping,
     /// `SEND <mailbox> <len> [event=<name>]`
@@ -312,10 +312,10 @@ impl fmt::Display for ControlError {
 }
 
 /// Validates a framed request.
-pub fn parse_request<'a>(
+pub fn parse_command<'a>(
     line: &'a [u8],
     payload: Option<&'a [u8]>,
-) -> Result<Request<'a>, ControlError> {
+) -> Result<Command<'a>, ControlError> {
     let line = std::str::from_utf8(line)
         .map_err(|_| ControlError::new(ErrorCode::Syntax, "request line is not UTF-8".into()))?;
     let mut args = line.split(' ').filter(|t| !t.is_empty());
@@ -333,14 +333,14 @@ pub fn parse_request<'a>(
         }
     };
     match upper.as_str() {
-        "PING" => arity(0, 0).map(|_| Request::Ping),
-        "STATS" => arity(0, 0).map(|_| Request::Stats),
-        "QUIT" => arity(0, 0).map(|_| Request::Quit),
+        "PING" => arity(0, 0).map(|_| Command::Ping),
+        "STATS" => arity(0, 0).map(|_| Command::Stats),
+        "QUIT" => arity(0, 0).map(|_| Command::Quit),
         "SEND" => {
             arity(2, 3)?;
             let mailbox = checked_name(args[0], "mailbox")?;
             let options = Options::parse(&args[2..], false)?;
-            Ok(Request::Send {
+            Ok(Command::Send {
                 mailbox,
                 event: options.event,
                 data: utf8_payload(payload)?,
@@ -350,7 +350,7 @@ pub fn parse_request<'a>(
             arity(2, 4)?;
             let group = checked_name(args[0], "group")?;
             let options = Options::parse(&args[2..], true)?;
-            Ok(Request::Publish {
+            Ok(Command::Publish {
                 group,
                 event: options.event,
                 except: options.except,
@@ -367,20 +367,20 @@ pub fn parse_request<'a>(
                 .map(|m| checked_name(m, "mailbox"))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(if upper == "JOIN" {
-                Request::Join { group, mailboxes }
+                Command::Join { group, mailboxes }
             } else {
-                Request::Leave { group, mailboxes }
+                Command::Leave { group, mailboxes }
             })
         }
         "MEMBERS" => {
             arity(1, 1)?;
-            Ok(Request::Members {
+            Ok(Command::Members {
                 group: checked_name(args[0], "group")?,
             })
         }
         "DROP" => {
             arity(1, 1)?;
-            Ok(Request::Drop {
+            Ok(Command::Drop {
                 mailbox: checked_name(args[0], "mailbox")?,
             })
         }
@@ -397,11 +397,11 @@ pub fn parse_request<'a>(
                         format!("ttl must be 1 to {} seconds", crate::auth::MAX_TTL),
                     )
                 })?;
-            Ok(Request::Token { mailbox, ttl })
+            Ok(Command::Token { mailbox, ttl })
         }
         "INFO" => {
             arity(1, 1)?;
-            Ok(Request::Info {
+            Ok(Command::Info {
                 mailbox: checked_name(args[0], "mailbox")?,
             })
         }
@@ -665,32 +665,32 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         let alphabet = b"SEND PUBLISH 0123456789\n\r ae=,";
-        for buf in crate::codec::random_inputs(0x2545F4914F6CDD1D, alphabet, 40, 20000) {
+        for buf in crate::wire::random_inputs(0x2545F4914F6CDD1D, alphabet, 40, 20000) {
             if let Ok(Status::Complete((Frame::Request { line, payload }, used))) =
                 parse_frame(&buf, MAX)
             {
                 assert!(used <= buf.len());
-                let _ = parse_request(line, payload);
+                let _ = parse_command(line, payload);
             }
         }
     }
 
-    fn req(line: &str, payload: Option<&str>) -> Result<Request<'static>, ControlError> {
+    fn req(line: &str, payload: Option<&str>) -> Result<Command<'static>, ControlError> {
         let line: &'static str = Box::leak(line.to_string().into_boxed_str());
         let payload = payload.map(|p| &*Box::leak(p.as_bytes().to_vec().into_boxed_slice()));
-        parse_request(line.as_bytes(), payload)
+        parse_command(line.as_bytes(), payload)
     }
 
-    fn code(r: Result<Request<'_>, ControlError>) -> &'static str {
+    fn code(r: Result<Command<'_>, ControlError>) -> &'static str {
         r.unwrap_err().code.as_str()
     }
 
     #[test]
     fn parses_every_command() {
-        assert_eq!(req("ping", None).unwrap(), Request::Ping);
+        assert_eq!(req("ping", None).unwrap(), Command::Ping);
         assert_eq!(
             req("TOKEN alice 60", None).unwrap(),
-            Request::Token {
+            Command::Token {
                 mailbox: "alice",
                 ttl: 60
             }
@@ -706,7 +706,7 @@ mod tests {
         assert_eq!(code(req("TOKEN a/b 60", None)), "NAME");
         assert_eq!(
             req("SEND alice 2 event=chat", Some("hi")).unwrap(),
-            Request::Send {
+            Command::Send {
                 mailbox: "alice",
                 event: Some("chat"),
                 data: "hi"
@@ -714,7 +714,7 @@ mod tests {
         );
         assert_eq!(
             req("PUBLISH room 1 except=a,b event=m", Some("x")).unwrap(),
-            Request::Publish {
+            Command::Publish {
                 group: "room",
                 event: Some("m"),
                 except: vec!["a", "b"],
@@ -723,26 +723,26 @@ mod tests {
         );
         assert_eq!(
             req("JOIN g a b", None).unwrap(),
-            Request::Join {
+            Command::Join {
                 group: "g",
                 mailboxes: vec!["a", "b"]
             }
         );
         assert_eq!(
             req("LEAVE g a", None).unwrap(),
-            Request::Leave {
+            Command::Leave {
                 group: "g",
                 mailboxes: vec!["a"]
             }
         );
         assert_eq!(
             req("MEMBERS g", None).unwrap(),
-            Request::Members { group: "g" }
+            Command::Members { group: "g" }
         );
-        assert_eq!(req("DROP a", None).unwrap(), Request::Drop { mailbox: "a" });
-        assert_eq!(req("INFO a", None).unwrap(), Request::Info { mailbox: "a" });
-        assert_eq!(req("STATS", None).unwrap(), Request::Stats);
-        assert_eq!(req("QUIT", None).unwrap(), Request::Quit);
+        assert_eq!(req("DROP a", None).unwrap(), Command::Drop { mailbox: "a" });
+        assert_eq!(req("INFO a", None).unwrap(), Command::Info { mailbox: "a" });
+        assert_eq!(req("STATS", None).unwrap(), Command::Stats);
+        assert_eq!(req("QUIT", None).unwrap(), Command::Quit);
     }
 
     #[test]
@@ -763,9 +763,9 @@ mod tests {
         assert_eq!(code(req("JOIN g", None)), "SYNTAX");
         assert_eq!(code(req("JOIN g a b!", None)), "NAME");
         assert_eq!(code(req("INFO", None)), "SYNTAX");
-        let bad_utf8 = parse_request(b"SEND a 2", Some(&[0xc3, 0x28]));
+        let bad_utf8 = parse_command(b"SEND a 2", Some(&[0xc3, 0x28]));
         assert_eq!(code(bad_utf8), "UTF8");
-        assert_eq!(code(parse_request(b"SEND \xff 1", Some(b"x"))), "SYNTAX");
+        assert_eq!(code(parse_command(b"SEND \xff 1", Some(b"x"))), "SYNTAX");
     }
 
     #[test]

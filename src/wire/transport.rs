@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn encoded_lengths_are_known_in_advance() {
         let alphabet = b"ab\r\n\t\"\\\x01\x7f";
-        for data in crate::codec::random_inputs(7, alphabet, 40, 2000) {
+        for data in crate::wire::random_inputs(7, alphabet, 40, 2000) {
             let data = String::from_utf8(data).unwrap();
             for event in [None, Some("chat")] {
                 let p = Payload::new(event, &data);

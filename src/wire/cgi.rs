@@ -50,7 +50,7 @@ pub fn encode_head(head: &Head, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Status;
+    use crate::request::HttpStatus;
 
     #[test]
     fn maps_cgi_variables() {
@@ -91,7 +91,7 @@ mod tests {
     fn cgi_head() {
         let mut out = vec![];
         encode_head(
-            &Head::sized(Status::TooManyRequests, "text/plain", 2),
+            &Head::sized(HttpStatus::TooManyRequests, "text/plain", 2),
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();

@@ -5,7 +5,7 @@
 //! so that a misconfigured peer (HTTP sent to the SCGI port, say) gets a
 //! clear error instead of a confusing 400.
 
-use crate::codec::Status;
+use crate::wire::Status;
 
 /// Largest header netstring accepted: web servers forward every client
 /// header, and 32 KiB is well above what browsers send.
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn random_input_never_panics() {
         let alphabet = b"0123:,\0SCGI1CONTENT_LENGTH";
-        for buf in crate::codec::random_inputs(0x1234_5678_9ABC_DEF1, alphabet, 40, 20000) {
+        for buf in crate::wire::random_inputs(0x1234_5678_9ABC_DEF1, alphabet, 40, 20000) {
             let _ = parse(&buf);
         }
     }

@@ -4,18 +4,18 @@
 
 use std::time::Instant;
 
-use crate::codec::Status;
-use crate::conn::{Close, Proto, ScgiPhase, discard_input, read_into};
-use crate::gateway::{cgi, scgi};
-use crate::request::{Rejection, Status as HttpStatus, route};
+use crate::conn::{Close, ScgiPhase, Session, discard_input, read_into};
+use crate::request::{HttpStatus, Rejection, route};
 use crate::server::Server;
+use crate::wire::Status;
+use crate::wire::{cgi, scgi};
 
 impl Server {
     pub(super) fn scgi_readable(&mut self, key: usize, now: Instant) {
         let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
             return;
         };
-        let Proto::Scgi(s) = &mut conn.proto else {
+        let Session::Scgi(s) = &mut conn.session else {
             return;
         };
         let result = match s.phase {
@@ -37,7 +37,7 @@ impl Server {
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
-        let Proto::Scgi(s) = &mut conn.proto else {
+        let Session::Scgi(s) = &mut conn.session else {
             return;
         };
         if conn.close != Close::No || !matches!(s.phase, ScgiPhase::Head) {

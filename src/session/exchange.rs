@@ -1,4 +1,5 @@
-//! Client requests: reading HTTP heads and the life of an [`Exchange`].
+//! The life of an [`Exchange`]: one client request parked on a mailbox,
+//! whatever gateway carried it.
 //!
 //! An exchange starts when a request is routed: the mailbox is opened, the
 //! subscriber registered, the head and the backlog (gap notice first, then
@@ -7,52 +8,32 @@
 //! also gets a heartbeat every interval, and a long-poll is answered at the
 //! end of the turn that woke it, or empty when its hold runs out. Nothing
 //! here knows a wire format beyond asking the connection to frame a head or a
-//! body, which is what lets every gateway share it. Each gateway's reading
-//! and request parsing lives in its own submodule.
+//! body, which is what lets every gateway share it.
 
-mod fcgi;
-mod http;
-mod scgi;
-
+use std::rc::Rc;
 use std::time::Instant;
 
-use crate::conn::{Close, Exchange, Next, Proto, ReadEnd, sub_id};
+use crate::conn::{Close, Exchange, Next, ReadEnd, Session, sub_id};
 use crate::outbuf::Chunk;
-use crate::request::{Head, Rejection, Route, Status as HttpStatus};
+use crate::request::{Head, HttpStatus, Rejection, Route};
 use crate::server::Server;
-use crate::store::StoreError;
+use crate::store::{Delivery, StoreError};
+use crate::subscribers::{SubscriberId, TooManySubscribers};
 use crate::timer::{CONN_SLOT, TimerId};
-use crate::transport::{Transport, poll_body};
+use crate::wire::transport::{Transport, poll_body};
 
-/// How long a FastCGI connection that a web server keeps for reuse
-/// (`FCGI_KEEP_CONN`) may sit idle between requests. Web servers pool
-/// upstream connections for about a minute (nginx's `keepalive_timeout`
-/// default is 60 s) and open a new one when a pooled one was closed.
-pub const FCGI_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// What all clients' unfinished requests (partial heads, FastCGI `PARAMS`)
-/// may hold together: 8,000 slow clients with a full 8 KiB HTTP head each.
-/// Per connection it is already bounded (8 KiB HTTP, 32 KiB SCGI, 64 KiB
-/// FastCGI `PARAMS` plus two records); this bounds their sum, whatever
-/// `--max-connections` allows.
-pub const MAX_HEAD_MEMORY: usize = 64 << 20;
-
-/// Answers queued on one client connection above which its further
-/// pipelined requests wait unread until the client reads: a well-behaved
-/// client has one or two answers in flight, and a client that pipelines
-/// without reading then holds at most this plus one answer.
-pub const PIPELINE_HIGH: usize = 64 * 1024;
+use super::{FCGI_IDLE, MAX_HEAD_MEMORY};
 
 impl Server {
     /// Reads what a client connection sent and acts on it, by gateway.
     /// Afterwards, the bytes its unfinished requests hold are counted again;
     /// a connection that grows them past [`MAX_HEAD_MEMORY`] in total is closed.
     pub(crate) fn client_readable(&mut self, key: usize, now: Instant) {
-        match self.conns.slab.get(key).map(|c| &c.proto) {
-            Some(Proto::Http(_)) => self.http_readable(key, now),
-            Some(Proto::Fcgi(_)) => self.fcgi_readable(key, now),
-            Some(Proto::Scgi(_)) => self.scgi_readable(key, now),
-            Some(Proto::Control(_)) | None => return,
+        match self.conns.slab.get(key).map(|c| &c.session) {
+            Some(Session::Http(_)) => self.http_readable(key, now),
+            Some(Session::Fcgi(_)) => self.fcgi_readable(key, now),
+            Some(Session::Scgi(_)) => self.scgi_readable(key, now),
+            Some(Session::Control(_)) | None => return,
         }
         if self.conns.account_head(key, MAX_HEAD_MEMORY) {
             let total = self.conns.head_bytes;
@@ -67,7 +48,7 @@ impl Server {
 
     /// Closes a connection whose peer left or whose read failed.
     pub(crate) fn read_ended(&mut self, key: usize, result: std::io::Result<ReadEnd>) -> bool {
-        let proto = self.conns.slab.get(key).map_or("?", |c| c.proto.name());
+        let proto = self.conns.slab.get(key).map_or("?", |c| c.session.name());
         match result {
             Ok(ReadEnd::Blocked | ReadEnd::Full) => return false,
             Ok(ReadEnd::Eof) => log::debug!("conn={key} {proto} peer went away"),
@@ -130,11 +111,11 @@ impl Server {
         };
         log::debug!(
             "conn={key} {} rejected: {} {}",
-            conn.proto.name(),
+            conn.session.name(),
             rejection.status.code_reason().0,
             rejection.message
         );
-        if let Proto::Http(h) = &mut conn.proto {
+        if let Session::Http(h) = &mut conn.session {
             h.keep_alive = false;
         }
         let body = format!("{}\n", rejection.message).into_bytes();
@@ -160,7 +141,7 @@ impl Server {
             let last_id = {
                 let backlog = self
                     .store
-                    .backlog(mailbox, route.resume)
+                    .backlog(&mailbox, route.resume)
                     .ok_or_else(|| unavailable(StoreError::NotFound))?;
                 if backlog.gap || backlog.messages.len() > 0 {
                     Err(poll_body(
@@ -178,13 +159,13 @@ impl Server {
                 Err(body) => {
                     // Something to say already: answer without parking. A
                     // mailbox opened only to report a gap goes again at once.
-                    self.store.release(mailbox);
+                    self.store.release(&mailbox);
                     self.send_answer(key, rid, body, now);
                     return Ok(());
                 }
             };
             let since = route.resume.unwrap_or(last_id);
-            self.store.subscribe(mailbox, sub).map_err(unavailable)?;
+            self.subscribe(&mailbox, sub)?;
             let hold = now + self.config.poll_timeout;
             self.park(
                 key,
@@ -194,7 +175,6 @@ impl Server {
                     mailbox,
                     transport: Transport::Poll,
                     since,
-                    subscribed: true,
                     timer: TimerId::NONE,
                 },
             );
@@ -204,7 +184,7 @@ impl Server {
             );
             return Ok(());
         }
-        self.store.subscribe(mailbox, sub).map_err(unavailable)?;
+        self.subscribe(&mailbox, sub)?;
         let transport = route.transport;
         let heartbeat = now + self.config.heartbeat;
         self.park(
@@ -212,16 +192,15 @@ impl Server {
             rid,
             heartbeat,
             Exchange {
-                mailbox,
+                mailbox: mailbox.clone(),
                 transport,
                 since: 0,
-                subscribed: true,
                 timer: TimerId::NONE,
             },
         );
         let scratch = &mut self.conns.scratch;
         scratch.extend(transport.preamble(self.config.retry_ms));
-        if let Some(backlog) = self.store.backlog(mailbox, route.resume) {
+        if let Some(backlog) = self.store.backlog(&mailbox, route.resume) {
             if backlog.gap {
                 transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
             }
@@ -256,7 +235,7 @@ impl Server {
         let Some(conn) = self.conns.slab.get(key).filter(|c| c.close == Close::No) else {
             return;
         };
-        if let Proto::Fcgi(f) = &conn.proto
+        if let Session::Fcgi(f) = &conn.session
             && f.params_timer(rid) == Some(id)
         {
             self.conns.warnings.head_timeouts.note(now, || {
@@ -300,20 +279,17 @@ impl Server {
         if ex.transport != Transport::Poll {
             return;
         }
-        let (mailbox, since, subscribed) = (ex.mailbox, ex.since, ex.subscribed);
-        ex.subscribed = false;
-        if subscribed {
-            self.store.unsubscribe(mailbox, sub_id(key, rid), now);
-        }
+        let (mailbox, since) = (ex.mailbox.clone(), ex.since);
+        self.unsubscribe(&mailbox, sub_id(key, rid), now);
         let limit = self.config.max_output / 2;
-        let body = match self.store.backlog(mailbox, Some(since)) {
+        let body = match self.store.backlog(&mailbox, Some(since)) {
             Some(b) => poll_body(b.messages, b.last_id.max(since), b.gap, limit),
             None => poll_body(std::iter::empty(), since, false, limit),
         };
         self.send_answer(key, rid, body, now);
         if matches!(
-            self.conns.slab.get(key).map(|c| &c.proto),
-            Some(Proto::Http(_))
+            self.conns.slab.get(key).map(|c| &c.session),
+            Some(Session::Http(_))
         ) {
             // Requests the client pipelined meanwhile.
             self.http_process(key, now);
@@ -349,12 +325,54 @@ impl Server {
             self.conns.answers.push((key, rid));
             return;
         }
-        if ex.subscribed {
-            ex.subscribed = false;
-            let mailbox = ex.mailbox;
-            self.store.unsubscribe(mailbox, sub_id(key, rid), now);
-        }
+        let mailbox = ex.mailbox.clone();
+        self.unsubscribe(&mailbox, sub_id(key, rid), now);
         self.finish(key, rid, false, now);
+    }
+
+    /// Registers a parked request on a mailbox the client has opened; the
+    /// store hears of the mailbox's first subscriber. At `--max-subscribers`
+    /// the request is refused, and a mailbox it alone had opened goes again.
+    fn subscribe(&mut self, mailbox: &Rc<str>, sub: SubscriberId) -> Result<(), Rejection> {
+        match self.subscribers.add(mailbox, sub) {
+            Ok(true) => self.store.watch(mailbox),
+            Ok(false) => {}
+            Err(TooManySubscribers) => {
+                self.store.release(mailbox);
+                return Err(Rejection::new(
+                    HttpStatus::TooManyRequests,
+                    "subscriber limit reached (max-subscribers)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches a request from its mailbox, if it is still attached; the
+    /// store hears of the mailbox's last subscriber leaving.
+    pub(crate) fn unsubscribe(&mut self, mailbox: &str, sub: SubscriberId, now: Instant) {
+        if self.subscribers.remove(mailbox, sub) {
+            self.store.unwatch(mailbox, now);
+        }
+    }
+
+    /// Hands a stored message to its mailbox's local subscribers; returns
+    /// how many it was written to.
+    pub(crate) fn fan_out(&mut self, delivery: &Delivery, now: Instant) -> usize {
+        let max_output = self.config.max_output;
+        let Server {
+            subscribers,
+            conns,
+            store,
+            ..
+        } = self;
+        let done = subscribers.fan_out(&delivery.mailbox, &delivery.message, &mut |sub, msg| {
+            conns.deliver(sub, msg, max_output, now)
+        });
+        if done.emptied {
+            store.unwatch(&delivery.mailbox, now);
+        }
+        done.live
     }
 
     /// Completes a response: the connection goes back to reading heads
@@ -379,10 +397,5 @@ impl Server {
 }
 
 fn unavailable(e: StoreError) -> Rejection {
-    match e {
-        StoreError::TooManySubscribers => {
-            Rejection::new(HttpStatus::TooManyRequests, e.to_string())
-        }
-        _ => Rejection::new(HttpStatus::ServiceUnavailable, e.to_string()),
-    }
+    Rejection::new(HttpStatus::ServiceUnavailable, e.to_string())
 }

@@ -1,5 +1,24 @@
-//! What every wire codec returns: a whole item and the bytes it used, or a
-//! request for more input. Partial input is never an error.
+//! Wire formats: pure codecs, bytes in and values out, no sockets, clocks
+//! or mailboxes.
+//!
+//! | module | format |
+//! |---|---|
+//! | [`http`] | HTTP/1.x request heads in (httparse), response heads out |
+//! | [`fcgi`] | FastCGI records, name-value pairs, response records |
+//! | [`scgi`] | SCGI header netstrings |
+//! | [`cgi`] | CGI variables (FastCGI, SCGI) to a request; CGI response heads |
+//! | [`control`] | the backends' control protocol: frames, commands, replies |
+//! | [`transport`] | messages to clients: SSE, long-poll JSON, raw stream |
+//!
+//! Every parser returns a [`Status`]: a whole item and the bytes it used,
+//! or a request for more input. Partial input is never an error.
+
+pub mod cgi;
+pub mod control;
+pub mod fcgi;
+pub mod http;
+pub mod scgi;
+pub mod transport;
 
 /// Whether a parser found a whole item.
 #[derive(Debug, PartialEq, Eq)]
