@@ -82,6 +82,9 @@ pub struct Server {
     pub(crate) config: Config,
     signals: Signals,
     pub(crate) started: Instant,
+    /// The wall-clock time at `started`: the store's clock is derived from
+    /// the loop's monotonic one, so it never jumps during a run.
+    started_wall: SystemTime,
     pub(crate) shutdown: Option<Instant>,
     /// Client (non-control) connections open.
     pub(crate) clients: usize,
@@ -181,6 +184,7 @@ impl Server {
             config,
             signals,
             started: Instant::now(),
+            started_wall: SystemTime::now(),
             shutdown: None,
             clients: 0,
             secret,
@@ -225,7 +229,7 @@ impl Server {
         [
             self.timers.next_deadline(),
             self.accept_retry,
-            self.store.next_deadline(),
+            self.store.next_deadline().map(|at| self.mono(at)),
             self.conns.warnings.next_deadline(),
             self.shutdown,
         ]
@@ -384,6 +388,16 @@ impl Server {
         }
     }
 
+    /// The store's (wall-clock) time for the loop's instant `now`.
+    pub(crate) fn wall(&self, now: Instant) -> SystemTime {
+        self.started_wall + now.saturating_duration_since(self.started)
+    }
+
+    /// The loop's instant for the store's time `at`.
+    fn mono(&self, at: SystemTime) -> Instant {
+        self.started + at.duration_since(self.started_wall).unwrap_or_default()
+    }
+
     /// Whether a freshly accepted peer may stay: FastCGI and SCGI over TCP
     /// only from `--gateway-allow`, the control socket only for our own user
     /// and `--control-allow`.
@@ -495,7 +509,7 @@ impl Server {
             }
         }
         self.conns.warnings.flush(now);
-        let expired = self.store.expire(now);
+        let expired = self.store.expire(self.wall(now));
         if expired > 0 {
             log::debug!("expired {expired} idle mailboxes");
         }

@@ -6,7 +6,9 @@
 //! mailbox's subscribers; the store only hears that a mailbox gained its
 //! first or lost its last subscriber ([`MailboxStore::watch`],
 //! [`MailboxStore::unwatch`]), which starts and stops its expiry clock. It
-//! stays testable with a fake clock (`now` is always passed in).
+//! stays testable with a fake clock (`now` is always passed in). Results are
+//! owned and times are on the wall clock, so that a store kept on disk or in
+//! another process fits behind the same interface.
 //!
 //! Mailboxes and groups live in slabs, indexed by name once. A group keeps its
 //! members as mailbox keys and every mailbox remembers its slot in each group
@@ -24,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use slab::Slab;
 
@@ -120,13 +122,15 @@ pub struct StoreStats {
 }
 
 /// What a (re)connecting client should be sent before live messages.
-pub struct Backlog<'a> {
+#[derive(Debug, Clone)]
+pub struct Backlog {
     /// True when messages newer than the resume point were evicted or predate the mailbox.
     pub gap: bool,
     /// Oldest retained id, for the gap notice.
     pub oldest: Option<u64>,
-    /// The retained messages newer than the resume point, oldest first.
-    pub messages: Box<dyn ExactSizeIterator<Item = &'a Message> + 'a>,
+    /// The retained messages newer than the resume point, oldest first
+    /// (each shares its payload with the store).
+    pub messages: Vec<Message>,
     /// Id of the newest message in the mailbox (or its horizon).
     pub last_id: u64,
 }
@@ -148,7 +152,7 @@ struct Mailbox {
     watched: bool,
     memberships: Vec<Membership>,
     /// Set while nobody is subscribed; the expiry clock runs from here.
-    idle_since: Option<Instant>,
+    idle_since: Option<SystemTime>,
     /// Bumped on every idle transition so stale expiry entries are ignored.
     idle_gen: u64,
 }
@@ -180,7 +184,7 @@ pub trait MailboxStore {
         &mut self,
         name: &str,
         payload: &Rc<Payload>,
-        now: Instant,
+        now: SystemTime,
     ) -> Result<Delivery, StoreError>;
     /// Stores one payload in every member of `group` not named in `except`,
     /// each member giving it its own id; returns one delivery per member.
@@ -189,38 +193,38 @@ pub trait MailboxStore {
         group: &str,
         payload: &Rc<Payload>,
         except: &[&str],
-        now: Instant,
+        now: SystemTime,
     ) -> Vec<Delivery>;
     /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
-    fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError>;
+    fn join(&mut self, group: &str, names: &[&str], now: SystemTime) -> Result<usize, StoreError>;
     /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
     fn leave(&mut self, group: &str, names: &[&str]) -> usize;
     /// The members of a group, in no particular order (empty for an unknown group).
-    fn members(&self, group: &str) -> Vec<&str>;
+    fn members(&self, group: &str) -> Vec<Rc<str>>;
     /// Removes a mailbox at once (its subscribers are the caller's to end).
     fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError>;
     /// Facts about one mailbox.
-    fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo>;
+    fn info(&self, name: &str, now: SystemTime) -> Option<MailboxInfo>;
     /// Finds or creates a mailbox for a client that is opening it, and
     /// returns its name as the store keeps it. Clients may create mailboxes
     /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
-    fn open(&mut self, name: &str, now: Instant) -> Result<Rc<str>, StoreError>;
+    fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError>;
     /// The client that opened `name` is done with it without subscribing
     /// (an answered long-poll): a mailbox that holds nothing, belongs to no
     /// group and is not watched disappears.
     fn release(&mut self, name: &str);
     /// What a client resuming after `resume` (or from the start, for `None`)
     /// must be sent; `None` when the mailbox is gone.
-    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog<'_>>;
+    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog>;
     /// The mailbox gained its first local subscriber: it does not expire.
     fn watch(&mut self, name: &str);
     /// The mailbox lost its last local subscriber: its expiry clock starts,
     /// and if it holds no message and belongs to no group it disappears.
-    fn unwatch(&mut self, name: &str, now: Instant);
+    fn unwatch(&mut self, name: &str, now: SystemTime);
     /// Removes every mailbox whose idle time has reached the TTL; returns how many.
-    fn expire(&mut self, now: Instant) -> usize;
+    fn expire(&mut self, now: SystemTime) -> usize;
     /// The earliest instant at which [`MailboxStore::expire`] has work.
-    fn next_deadline(&self) -> Option<Instant>;
+    fn next_deadline(&self) -> Option<SystemTime>;
     /// Totals for `STATS`.
     fn stats(&self) -> StoreStats;
 }
@@ -235,7 +239,7 @@ pub struct MemoryStore {
     group_index: HashMap<Rc<str>, usize>,
     last_id: u64,
     next_gen: u64,
-    expiry: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    expiry: BinaryHeap<Reverse<(SystemTime, usize, u64)>>,
     retained: usize,
     messages: u64,
     evicted: u64,
@@ -295,7 +299,7 @@ impl MailboxStore for MemoryStore {
         &mut self,
         name: &str,
         payload: &Rc<Payload>,
-        now: Instant,
+        now: SystemTime,
     ) -> Result<Delivery, StoreError> {
         let key = self.get_or_create(name, now)?;
         Ok(self.store_in(key, payload))
@@ -306,7 +310,7 @@ impl MailboxStore for MemoryStore {
         group: &str,
         payload: &Rc<Payload>,
         except: &[&str],
-        _now: Instant,
+        _now: SystemTime,
     ) -> Vec<Delivery> {
         let Some(&gkey) = self.group_index.get(group) else {
             return Vec::new();
@@ -330,7 +334,7 @@ impl MailboxStore for MemoryStore {
         deliveries
     }
 
-    fn join(&mut self, group: &str, names: &[&str], now: Instant) -> Result<usize, StoreError> {
+    fn join(&mut self, group: &str, names: &[&str], now: SystemTime) -> Result<usize, StoreError> {
         let missing = names
             .iter()
             .filter(|n| !self.mailbox_index.contains_key(**n))
@@ -385,12 +389,12 @@ impl MailboxStore for MemoryStore {
         self.groups.get(gkey).map_or(0, |g| g.members.len())
     }
 
-    fn members(&self, group: &str) -> Vec<&str> {
+    fn members(&self, group: &str) -> Vec<Rc<str>> {
         self.group_index.get(group).map_or_else(Vec::new, |&g| {
             self.groups[g]
                 .members
                 .iter()
-                .map(|&k| &*self.mailboxes[k].name)
+                .map(|&k| self.mailboxes[k].name.clone())
                 .collect()
         })
     }
@@ -401,7 +405,7 @@ impl MailboxStore for MemoryStore {
         Ok(())
     }
 
-    fn info(&self, name: &str, now: Instant) -> Option<MailboxInfo> {
+    fn info(&self, name: &str, now: SystemTime) -> Option<MailboxInfo> {
         let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
         Some(MailboxInfo {
             retained: mailbox.messages.len(),
@@ -409,11 +413,11 @@ impl MailboxStore for MemoryStore {
             groups: mailbox.memberships.len(),
             idle_secs: mailbox
                 .idle_since
-                .map_or(0, |t| now.saturating_duration_since(t).as_secs()),
+                .map_or(0, |t| now.duration_since(t).map_or(0, |d| d.as_secs())),
         })
     }
 
-    fn open(&mut self, name: &str, now: Instant) -> Result<Rc<str>, StoreError> {
+    fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError> {
         let client_limit =
             self.limits.max_mailboxes - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
         if !self.mailbox_index.contains_key(name) && self.mailboxes.len() >= client_limit {
@@ -431,7 +435,7 @@ impl MailboxStore for MemoryStore {
         }
     }
 
-    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog<'_>> {
+    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog> {
         let mb = &self.mailboxes[*self.mailbox_index.get(name)?];
         let (gap, start) = match resume {
             None => (false, 0),
@@ -443,7 +447,7 @@ impl MailboxStore for MemoryStore {
         Some(Backlog {
             gap,
             oldest: mb.messages.front().map(|m| m.id),
-            messages: Box::new(mb.messages.range(start..)),
+            messages: mb.messages.range(start..).cloned().collect(),
             last_id: mb.last_id(),
         })
     }
@@ -457,7 +461,7 @@ impl MailboxStore for MemoryStore {
         }
     }
 
-    fn unwatch(&mut self, name: &str, now: Instant) {
+    fn unwatch(&mut self, name: &str, now: SystemTime) {
         let Some(&key) = self.mailbox_index.get(name) else {
             return;
         };
@@ -469,7 +473,7 @@ impl MailboxStore for MemoryStore {
         }
     }
 
-    fn expire(&mut self, now: Instant) -> usize {
+    fn expire(&mut self, now: SystemTime) -> usize {
         let mut count = 0;
         while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
             if at > now {
@@ -489,7 +493,7 @@ impl MailboxStore for MemoryStore {
         count
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&self) -> Option<SystemTime> {
         self.expiry.peek().map(|Reverse((at, _, _))| *at)
     }
 
@@ -507,7 +511,7 @@ impl MailboxStore for MemoryStore {
 }
 
 impl MemoryStore {
-    fn get_or_create(&mut self, name: &str, now: Instant) -> Result<usize, StoreError> {
+    fn get_or_create(&mut self, name: &str, now: SystemTime) -> Result<usize, StoreError> {
         if let Some(&key) = self.mailbox_index.get(name) {
             return Ok(key);
         }
@@ -546,7 +550,7 @@ impl MemoryStore {
     }
 
     /// Starts the expiry clock of a mailbox that has just lost its last subscriber.
-    fn go_idle_if_unwatched(&mut self, key: usize, now: Instant) {
+    fn go_idle_if_unwatched(&mut self, key: usize, now: SystemTime) {
         let generation = self.bump_gen();
         let mailbox = &mut self.mailboxes[key];
         if mailbox.watched {
@@ -697,13 +701,13 @@ mod tests {
         Payload::new(None, s)
     }
 
-    fn ids(b: &mut Backlog<'_>) -> Vec<u64> {
-        b.messages.by_ref().map(|m| m.id).collect()
+    fn ids(b: &mut Backlog) -> Vec<u64> {
+        b.messages.iter().map(|m| m.id).collect()
     }
 
     #[test]
     fn ids_increase_across_mailboxes_and_start_at_seed() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1000);
         let a = s.send("a", &payload("1"), now).unwrap().message.id;
         let b = s.send("b", &payload("2"), now).unwrap().message.id;
@@ -712,7 +716,7 @@ mod tests {
 
     #[test]
     fn retention_evicts_and_backlog_reports_gap() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         for i in 0..5 {
             s.send("a", &payload(&i.to_string()), now).unwrap();
@@ -735,7 +739,7 @@ mod tests {
 
     #[test]
     fn retain_bytes_evicts_but_keeps_newest() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut l = limits();
         l.retain_bytes = 4;
         let mut s = MemoryStore::new(l, 1);
@@ -747,7 +751,7 @@ mod tests {
 
     #[test]
     fn resume_from_before_the_server_or_a_discarded_mailbox_is_a_gap() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1000);
         let r = s.open("fresh", now).unwrap();
         assert!(
@@ -771,7 +775,7 @@ mod tests {
 
     #[test]
     fn a_client_mailbox_that_holds_nothing_goes_with_its_last_subscriber() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1000);
         let r = s.open("ghost", now).unwrap();
         s.watch(&r);
@@ -798,7 +802,7 @@ mod tests {
 
     #[test]
     fn clients_cannot_take_the_backends_share_of_the_table() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         for i in 0..90 {
             s.open(&format!("c{i}"), now).unwrap();
@@ -816,7 +820,7 @@ mod tests {
 
     #[test]
     fn retention_counts_encodings_and_shared_payloads_once() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         let p = payload(&"x".repeat(1000));
         s.join("g", &["a", "b", "c"], now).unwrap();
@@ -832,7 +836,7 @@ mod tests {
 
     #[test]
     fn max_memory_evicts_the_oldest_server_wide() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut l = limits();
         l.retain = 100;
         let one = payload(&"y".repeat(1000)).cost() + MESSAGE_OVERHEAD;
@@ -868,7 +872,7 @@ mod tests {
 
     #[test]
     fn a_delivery_names_its_mailbox_and_message() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 7);
         let d = s.send("a", &payload("hi"), now).unwrap();
         assert_eq!((&*d.mailbox, d.message.id), ("a", 7));
@@ -878,7 +882,7 @@ mod tests {
 
     #[test]
     fn groups_publish_with_except_and_fresh_ids() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         assert_eq!(s.join("g", &["a", "b", "c"], now).unwrap(), 3);
         assert_eq!(s.join("g", &["a"], now).unwrap(), 3);
@@ -896,7 +900,7 @@ mod tests {
 
     #[test]
     fn leave_fixes_slots_and_removes_empty_group() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         s.join("g", &["a", "b", "c", "d"], now).unwrap();
         s.join("h", &["b", "d"], now).unwrap();
@@ -904,7 +908,7 @@ mod tests {
         assert_eq!(s.leave("g", &["c"]), 2);
         let mut m = s.members("g");
         m.sort();
-        assert_eq!(m, vec!["b", "d"]);
+        assert_eq!(m, vec![Rc::from("b"), Rc::from("d")]);
         assert_eq!(s.leave("g", &["d", "b"]), 0);
         assert!(s.members("g").is_empty());
         assert_eq!(s.stats().groups, 1);
@@ -913,7 +917,7 @@ mod tests {
 
     #[test]
     fn idle_mailboxes_expire_and_leave_groups() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let ttl = limits().mailbox_ttl;
         let mut s = MemoryStore::new(limits(), 1);
         s.join("g", &["a", "b"], t0).unwrap();
@@ -923,7 +927,7 @@ mod tests {
         assert_eq!(s.expire(t0 + ttl - Duration::from_millis(1)), 0);
         assert_eq!(s.expire(t0 + ttl), 1);
         assert!(s.info("a", t0).is_none());
-        assert_eq!(s.members("g"), vec!["b"]);
+        assert_eq!(s.members("g"), vec![Rc::<str>::from("b")]);
         // b goes idle later and expires a TTL after that, taking the group with it.
         let t1 = t0 + Duration::from_secs(5);
         s.unwatch(&rb, t1);
@@ -939,7 +943,7 @@ mod tests {
 
     #[test]
     fn expiry_heap_stays_bounded_under_churn() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         s.send("a", &payload("kept"), t0).unwrap();
         let r = s.open("a", t0).unwrap();
@@ -958,7 +962,7 @@ mod tests {
 
     #[test]
     fn resubscribing_cancels_expiry() {
-        let t0 = Instant::now();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", t0).unwrap();
         s.watch(&r);
@@ -968,7 +972,7 @@ mod tests {
 
     #[test]
     fn a_dropped_mailbox_is_gone_for_everyone() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut s = MemoryStore::new(limits(), 1);
         let r = s.open("a", now).unwrap();
         s.watch(&r);
@@ -985,7 +989,7 @@ mod tests {
 
     #[test]
     fn mailbox_limit_is_enforced_atomically_for_join() {
-        let now = Instant::now();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut l = limits();
         l.max_mailboxes = 2;
         let mut s = MemoryStore::new(l, 1);

@@ -147,6 +147,7 @@ impl Server {
     /// Applies one command to the store and hands what it stored to the
     /// local subscribers.
     fn execute(&mut self, command: Command<'_>, now: Instant) -> Result<Reply, ControlError> {
+        let wall = self.wall(now);
         let store = &mut self.store;
         match command {
             Command::Ping => Ok(Reply::Pong),
@@ -156,7 +157,7 @@ impl Server {
                 data,
             } => {
                 let payload = Payload::new(event, data);
-                let delivery = store.send(mailbox, &payload, now).map_err(full)?;
+                let delivery = store.send(mailbox, &payload, wall).map_err(full)?;
                 let live = self.fan_out(&delivery, now);
                 Ok(Reply::Ok(format!("{} {live}", delivery.message.id)))
             }
@@ -167,12 +168,12 @@ impl Server {
                 data,
             } => {
                 let payload = Payload::new(event, data);
-                let deliveries = store.publish(group, &payload, &except, now);
+                let deliveries = store.publish(group, &payload, &except, wall);
                 let live: usize = deliveries.iter().map(|d| self.fan_out(d, now)).sum();
                 Ok(Reply::Ok(format!("{} {live}", deliveries.len())))
             }
             Command::Join { group, mailboxes } => store
-                .join(group, &mailboxes, now)
+                .join(group, &mailboxes, wall)
                 .map(|n| Reply::Ok(n.to_string()))
                 .map_err(full),
             Command::Leave { group, mailboxes } => {
@@ -183,7 +184,7 @@ impl Server {
                 let mut fields = members.len().to_string();
                 for m in members {
                     fields.push(' ');
-                    fields.push_str(m);
+                    fields.push_str(&m);
                 }
                 Ok(Reply::Ok(fields))
             }
@@ -198,7 +199,9 @@ impl Server {
                 Ok(Reply::Ok(String::new()))
             }
             Command::Info { mailbox } => {
-                let info = store.info(mailbox, now).ok_or_else(|| not_found(mailbox))?;
+                let info = store
+                    .info(mailbox, wall)
+                    .ok_or_else(|| not_found(mailbox))?;
                 Ok(Reply::Ok(format!(
                     "subscribers={} retained={} last_id={} groups={} idle={}",
                     self.subscribers.count(mailbox),

@@ -135,7 +135,10 @@ impl Server {
         route: Route,
         now: Instant,
     ) -> Result<(), Rejection> {
-        let mailbox = self.store.open(&route.mailbox, now).map_err(unavailable)?;
+        let mailbox = self
+            .store
+            .open(&route.mailbox, self.wall(now))
+            .map_err(unavailable)?;
         let sub = sub_id(key, rid);
         if route.transport == Transport::Poll {
             let last_id = {
@@ -143,9 +146,9 @@ impl Server {
                     .store
                     .backlog(&mailbox, route.resume)
                     .ok_or_else(|| unavailable(StoreError::NotFound))?;
-                if backlog.gap || backlog.messages.len() > 0 {
+                if backlog.gap || !backlog.messages.is_empty() {
                     Err(poll_body(
-                        backlog.messages,
+                        backlog.messages.iter(),
                         backlog.last_id,
                         backlog.gap,
                         self.config.max_output / 2,
@@ -205,7 +208,7 @@ impl Server {
                 transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
             }
             for msg in backlog.messages {
-                transport.message(msg, scratch);
+                transport.message(&msg, scratch);
             }
         }
         let conn = &mut self.conns.slab[key];
@@ -283,7 +286,7 @@ impl Server {
         self.unsubscribe(&mailbox, sub_id(key, rid), now);
         let limit = self.config.max_output / 2;
         let body = match self.store.backlog(&mailbox, Some(since)) {
-            Some(b) => poll_body(b.messages, b.last_id.max(since), b.gap, limit),
+            Some(b) => poll_body(b.messages.iter(), b.last_id.max(since), b.gap, limit),
             None => poll_body(std::iter::empty(), since, false, limit),
         };
         self.send_answer(key, rid, body, now);
@@ -352,7 +355,8 @@ impl Server {
     /// store hears of the mailbox's last subscriber leaving.
     pub(crate) fn unsubscribe(&mut self, mailbox: &str, sub: SubscriberId, now: Instant) {
         if self.subscribers.remove(mailbox, sub) {
-            self.store.unwatch(mailbox, now);
+            let wall = self.wall(now);
+            self.store.unwatch(mailbox, wall);
         }
     }
 
@@ -360,6 +364,7 @@ impl Server {
     /// how many it was written to.
     pub(crate) fn fan_out(&mut self, delivery: &Delivery, now: Instant) -> usize {
         let max_output = self.config.max_output;
+        let wall = self.wall(now);
         let Server {
             subscribers,
             conns,
@@ -370,7 +375,7 @@ impl Server {
             conns.deliver(sub, msg, max_output, now)
         });
         if done.emptied {
-            store.unwatch(&delivery.mailbox, now);
+            store.unwatch(&delivery.mailbox, wall);
         }
         done.live
     }
