@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use mailboxd::config::{self, Command};
 use mailboxd::server::Server;
+use mailboxd::store::MemoryStore;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -24,7 +25,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = Server::new(*config).and_then(|mut server| server.run());
+    let store = MemoryStore::starting_now(config.store_limits());
+    let result = Server::new(*config, Box::new(store)).and_then(|mut server| server.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,14 +2,18 @@
 //!
 //! Each turn reads top to bottom:
 //!
-//! 1. poll, with the nearest deadline (timer, mailbox expiry, shutdown) as timeout;
+//! 1. poll, with the nearest deadline (timer, accept retry, mailbox expiry,
+//!    warning summary, shutdown) as timeout;
 //! 2. dispatch each event by token: the signal pipe, a listener, or a connection;
 //! 3. fire due timers (heartbeats, long-poll holds, head timeouts) and expire mailboxes;
 //! 4. answer the long-polls that messages woke during this turn;
-//! 5. flush every connection that has output, once (only a short write arms WRITABLE);
-//! 6. reap the connections marked for closing, unsubscribing their requests.
+//! 5. commit the store (make this turn's changes durable or shared), before
+//!    anything is written, as Redis does before it sleeps;
+//! 6. flush every connection that has output, once (only a short write arms WRITABLE);
+//! 7. reap the connections marked for closing, unsubscribing their requests,
+//!    and accept again if descriptors had run out.
 //!
-//! Handlers never free a connection: they mark it, and step 6 frees it, so a
+//! Handlers never free a connection: they mark it, and step 7 frees it, so a
 //! delivery can walk a mailbox's subscribers without any of them vanishing.
 //! Tokens: [`SIGNAL`], then one per listener, then `FIRST_CONN + slab key`;
 //! an event for a key no longer in the slab is ignored.
@@ -19,7 +23,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -35,7 +39,7 @@ use crate::conn::{
 use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::peer;
-use crate::store::{MailboxStore, MemoryStore};
+use crate::store::MailboxStore;
 use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
 
@@ -104,8 +108,9 @@ pub struct Server {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl Server {
-    /// Binds every listener and the signal handlers, and loads the secret.
-    pub fn new(mut config: Config) -> Result<Server, String> {
+    /// Binds every listener and the signal handlers, and loads the secret;
+    /// `store` keeps the mailboxes (the caller chooses which store).
+    pub fn new(mut config: Config, store: Box<dyn MailboxStore>) -> Result<Server, String> {
         match limits::raise_nofile() {
             Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => {
                 let allowed = limits::clients_allowed(fds).max(1) as usize;
@@ -171,14 +176,11 @@ impl Server {
             log::info!("listening {}={}", kind.name(), local_name(&socket));
             listeners.push(Listener { kind, socket });
         }
-        let first_id = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
         Ok(Server {
             poll,
             listeners,
             conns: Conns::default(),
-            store: Box::new(MemoryStore::new(config.store_limits(), first_id)),
+            store,
             subscribers: Subscribers::new(config.max_subscribers),
             timers: Timers::default(),
             config,
@@ -219,9 +221,18 @@ impl Server {
             }
             self.fire_timers(now);
             self.answer_polls(now);
+            self.commit();
             self.flush(now);
             let closed = self.reap(now);
             self.retry_accepts(now, closed > 0);
+        }
+    }
+
+    /// Makes what this turn stored durable (or shared) before any reply or
+    /// message is written, once per turn, as Redis does before it sleeps.
+    fn commit(&mut self) {
+        if let Err(e) = self.store.commit() {
+            log::error!("the store could not commit this turn's changes: {e}");
         }
     }
 

@@ -227,6 +227,12 @@ pub trait MailboxStore {
     fn next_deadline(&self) -> Option<SystemTime>;
     /// Totals for `STATS`.
     fn stats(&self) -> StoreStats;
+    /// Makes everything done since the last call durable or shared; the loop
+    /// calls it once per turn, before any reply or message is written. The
+    /// in-memory store has nothing to do.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// All mailboxes and groups of one server, in this process's memory.
@@ -257,6 +263,14 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// An empty store whose ids start at the wall clock in microseconds.
+    pub fn starting_now(limits: StoreLimits) -> MemoryStore {
+        let first_id = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        MemoryStore::new(limits, first_id)
+    }
+
     /// An empty store whose first message id will be `first_id`.
     ///
     /// The server seeds it from the wall clock (microseconds), so ids keep

@@ -17,6 +17,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use mailboxd::config::{self, Command};
 use mailboxd::server::Server;
+use mailboxd::store::MemoryStore;
 
 fn server_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -47,7 +48,8 @@ fn server_dir() -> &'static PathBuf {
             panic!("fuzz server flags");
         };
         std::thread::spawn(move || {
-            let mut server = Server::new(*config).expect("server starts");
+            let store = MemoryStore::starting_now(config.store_limits());
+            let mut server = Server::new(*config, Box::new(store)).expect("server starts");
             server.run().expect("server runs");
         });
         for _ in 0..500 {
