@@ -8,6 +8,7 @@
 //! | [`scgi`] | SCGI header netstrings |
 //! | [`cgi`] | CGI variables (FastCGI, SCGI) to a request; CGI response heads |
 //! | [`control`] | the backends' control protocol: frames, commands, replies |
+//! | [`journal`] | the records `--state-dir` appends to disk and snapshots are made of |
 //! | [`transport`] | messages to clients: SSE, long-poll JSON, raw stream |
 //!
 //! Every parser returns a [`Status`]: a whole item and the bytes it used,
@@ -17,6 +18,7 @@ pub mod cgi;
 pub mod control;
 pub mod fcgi;
 pub mod http;
+pub mod journal;
 pub mod scgi;
 pub mod transport;
 
