@@ -406,3 +406,66 @@ fn unfinished_heads_together_stay_within_their_total_cap() {
     assert!(srv.log().contains("unfinished requests hold"));
     drop(slow);
 }
+
+#[test]
+fn every_gateway_phase_has_a_deadline() {
+    let srv = Mailboxd::start_raw(&[
+        "--http",
+        "127.0.0.1:0",
+        "--scgi",
+        "127.0.0.1:0",
+        "--fastcgi",
+        "127.0.0.1:0",
+        "--request-timeout",
+        "0.5",
+    ]);
+    let closed_within = |mut s: TcpStream, what: &str| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let end = s.read(&mut [0u8; 64]);
+        // Closed (end of stream, or a reset for unread input), not timed out here.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{what}: still open ({end:?})"
+        );
+        assert!(!matches!(end, Ok(n) if n > 0), "{what}: {end:?}");
+    };
+    // An SCGI head that never completes.
+    let mut scgi = TcpStream::connect(srv.addr("scgi")).unwrap();
+    scgi.write_all(b"70:CONTENT_LENGTH\x000\x00").unwrap();
+    closed_within(scgi, "scgi head");
+    // A FastCGI connection on which no request ever begins.
+    closed_within(
+        TcpStream::connect(srv.addr("fastcgi")).unwrap(),
+        "fastcgi idle",
+    );
+    // An HTTP keep-alive connection after its answer, with no next request.
+    srv.ctl().send("kept", "x");
+    let mut http = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    http.write_all(b"GET /comet/kept?transport=poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 4096];
+    assert!(http.read(&mut answer).unwrap() > 0);
+    closed_within(http, "http keep-alive");
+}
+
+#[test]
+fn max_connections_is_clamped_to_the_descriptor_limit() {
+    let dir = TempDir::new("clamp");
+    let control = dir.path().join("control.sock");
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=1000:1000")
+        .arg(bin("mailboxd"))
+        .arg("--control")
+        .arg(&control)
+        .args(["--http", "127.0.0.1:0", "--max-connections", "10000"]);
+    let srv = Mailboxd::spawn(cmd, dir, control, 2);
+    assert!(
+        srv.log()
+            .contains("max-connections lowered from 10000 to 680"),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(srv.ctl().cmd("PING"), "PONG");
+}
