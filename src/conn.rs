@@ -25,9 +25,11 @@ use slab::Slab;
 use crate::message::Message;
 use crate::outbuf::{Chunk, OutQueue};
 use crate::request::Head;
+use crate::store::Ticket;
 use crate::subscribers::{Outcome, SubscriberId};
 use crate::throttle::Warnings;
 use crate::timer::TimerId;
+use crate::wire::control::{ControlError, Reply};
 use crate::wire::transport::Transport;
 use crate::wire::{cgi, fcgi, http};
 
@@ -178,13 +180,31 @@ pub struct Exchange {
     pub timer: TimerId,
 }
 
+/// A control command's reply, held in request order until it can be written.
+#[derive(Debug)]
+pub enum PendingReply {
+    /// Known: written once every reply before it is.
+    Ready(Result<Reply, ControlError>),
+    /// Waiting for the store's result for this ticket.
+    Waiting(Ticket),
+    /// `QUIT` or a framing error: close once everything before it is written.
+    Close,
+}
+
 /// The state of a control connection.
 #[derive(Debug)]
 pub struct ControlState {
     /// Bytes read but not yet framed.
     pub inbuf: Vec<u8>,
-    /// Payload bytes of an oversize request still to discard.
-    pub skip: usize,
+    /// Payload bytes of an oversize request still to discard (at most
+    /// [`crate::wire::control::MAX_SKIP`] + 1).
+    pub skip: u32,
+    /// How many replies at the front of `pending` are known.
+    pub resolved: u32,
+    /// Replies not yet written, in request order. The store completes one
+    /// connection's commands in order, so the next result is always for
+    /// the first `Waiting` one, at `resolved` or after known replies.
+    pub pending: Vec<PendingReply>,
     /// When the backend last sent something: the idle connection with the
     /// oldest is closed first when the control limit is reached.
     pub last_active: Instant,
@@ -196,7 +216,33 @@ impl ControlState {
         ControlState {
             inbuf: Vec::new(),
             skip: 0,
+            resolved: 0,
+            pending: Vec::new(),
             last_active: now,
+        }
+    }
+
+    /// Records the result for `ticket`; false when nothing waits for it.
+    pub fn resolve(&mut self, ticket: Ticket, reply: Result<Reply, ControlError>) -> bool {
+        let start = self.resolved as usize;
+        let Some(i) = self.pending[start..]
+            .iter()
+            .position(|p| matches!(p, PendingReply::Waiting(t) if *t == ticket))
+        else {
+            return false;
+        };
+        self.pending[start + i] = PendingReply::Ready(reply);
+        self.advance();
+        true
+    }
+
+    /// Moves `resolved` past every known reply.
+    pub fn advance(&mut self) {
+        while let Some(p) = self.pending.get(self.resolved as usize) {
+            if matches!(p, PendingReply::Waiting(_)) {
+                break;
+            }
+            self.resolved += 1;
         }
     }
 }
@@ -607,6 +653,8 @@ pub struct Conns {
     pub read_buf: Vec<u8>,
     /// What all unfinished client requests hold, summed from [`Conn::head_held`].
     pub head_bytes: usize,
+    /// The serial of the last store ticket handed out.
+    pub ticket_serial: u32,
 }
 
 impl Conns {
@@ -638,6 +686,14 @@ impl Conns {
         conn.head_held = now_held as u32;
         self.head_bytes = self.head_bytes + now_held - before;
         now_held > before && self.head_bytes > limit
+    }
+
+    /// A store ticket for connection `key`: its key in the upper 32 bits, a
+    /// serial in the lower, so a result for a connection since closed (and
+    /// its key reused) matches nothing that waits.
+    pub fn ticket(&mut self, key: usize) -> Ticket {
+        self.ticket_serial = self.ticket_serial.wrapping_add(1);
+        Ticket(((key as u64) << 32) | u64::from(self.ticket_serial))
     }
 
     /// Puts a connection on the flush list (once).
@@ -699,6 +755,7 @@ impl Conns {
                     if conn.close == Close::No
                         && c.inbuf.is_empty()
                         && c.skip == 0
+                        && c.pending.is_empty()
                         && conn.out.is_empty() =>
                 {
                     Some((c.last_active, key))

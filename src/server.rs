@@ -6,14 +6,15 @@
 //!    warning summary, shutdown) as timeout;
 //! 2. dispatch each event by token: the signal pipe, a listener, or a connection;
 //! 3. fire due timers (heartbeats, long-poll holds, head timeouts) and expire mailboxes;
-//! 4. answer the long-polls that messages woke during this turn;
-//! 5. commit the store (make this turn's changes durable or shared), before
+//! 4. take the store's finished commands: fan out, reply in order;
+//! 5. answer the long-polls that messages woke during this turn;
+//! 6. commit the store (make this turn's changes durable or shared), before
 //!    anything is written, as Redis does before it sleeps;
-//! 6. flush every connection that has output, once (only a short write arms WRITABLE);
-//! 7. reap the connections marked for closing, unsubscribing their requests,
+//! 7. flush every connection that has output, once (only a short write arms WRITABLE);
+//! 8. reap the connections marked for closing, unsubscribing their requests,
 //!    and accept again if descriptors had run out.
 //!
-//! Handlers never free a connection: they mark it, and step 7 frees it, so a
+//! Handlers never free a connection: they mark it, and step 8 frees it, so a
 //! delivery can walk a mailbox's subscribers without any of them vanishing.
 //! Tokens: [`SIGNAL`], then one per listener, then `FIRST_CONN + slab key`;
 //! an event for a key no longer in the slab is ignored.
@@ -220,6 +221,7 @@ impl Server {
                 self.dispatch(event, now);
             }
             self.fire_timers(now);
+            self.complete(now);
             self.answer_polls(now);
             self.commit();
             self.flush(now);

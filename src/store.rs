@@ -32,6 +32,82 @@ use slab::Slab;
 
 use crate::message::{Message, Payload};
 
+/// Names who waits for a store result; the store hands it back untouched.
+/// The loop puts the waiting connection's key in the upper 32 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(pub u64);
+
+/// A command for the store, owned so that it can be carried out on a later
+/// turn (a journal's fsync, a shared store's round trip).
+#[derive(Debug)]
+pub enum Op {
+    /// `SEND`: store one message in a mailbox.
+    Send {
+        /// The mailbox (created if missing).
+        mailbox: String,
+        /// The payload.
+        payload: Rc<Payload>,
+    },
+    /// `PUBLISH`: store one payload in every member not excepted.
+    Publish {
+        /// The group.
+        group: String,
+        /// The payload.
+        payload: Rc<Payload>,
+        /// Members that get nothing.
+        except: Vec<String>,
+    },
+    /// `JOIN`.
+    Join {
+        /// The group.
+        group: String,
+        /// The mailboxes to add.
+        mailboxes: Vec<String>,
+    },
+    /// `LEAVE`.
+    Leave {
+        /// The group.
+        group: String,
+        /// The mailboxes to remove.
+        mailboxes: Vec<String>,
+    },
+    /// `MEMBERS`.
+    Members {
+        /// The group.
+        group: String,
+    },
+    /// `DROP`.
+    Drop {
+        /// The mailbox.
+        mailbox: String,
+    },
+    /// `INFO`.
+    Info {
+        /// The mailbox.
+        mailbox: String,
+    },
+}
+
+/// What a command did.
+#[derive(Debug)]
+pub enum Done {
+    /// `SEND`: the message, for the mailbox's subscribers.
+    Sent(Delivery),
+    /// `PUBLISH`: one delivery per member reached.
+    Published(Vec<Delivery>),
+    /// `JOIN` or `LEAVE`: the group's size afterwards.
+    GroupSize(usize),
+    /// `MEMBERS`.
+    Members(Vec<Rc<str>>),
+    /// `DROP`: the mailbox is gone (its subscribers are the loop's to end).
+    Dropped(String),
+    /// `INFO`.
+    Info(MailboxInfo),
+}
+
+/// A finished command: its ticket and its result.
+pub type Completion = (Ticket, Result<Done, StoreError>);
+
 /// One message as one mailbox got it, for the loop to hand to that
 /// mailbox's subscribers.
 #[derive(Debug, Clone)]
@@ -92,6 +168,8 @@ impl fmt::Display for StoreError {
 /// The answer to `INFO`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxInfo {
+    /// Its name.
+    pub mailbox: Rc<str>,
     /// Messages retained.
     pub retained: usize,
     /// Highest id delivered to it, or its horizon when it has none.
@@ -178,33 +256,12 @@ struct Group {
 /// everything in this process; the seam exists so that a shared store (Redis,
 /// for several sidecars) can implement the same contract.
 pub trait MailboxStore {
-    /// Stores one message in a mailbox, creating it if needed; returns it
-    /// with its id, for the loop to hand to the mailbox's subscribers.
-    fn send(
-        &mut self,
-        name: &str,
-        payload: &Rc<Payload>,
-        now: SystemTime,
-    ) -> Result<Delivery, StoreError>;
-    /// Stores one payload in every member of `group` not named in `except`,
-    /// each member giving it its own id; returns one delivery per member.
-    fn publish(
-        &mut self,
-        group: &str,
-        payload: &Rc<Payload>,
-        except: &[&str],
-        now: SystemTime,
-    ) -> Vec<Delivery>;
-    /// Adds mailboxes (created if needed) to a group (created if needed); returns its size.
-    fn join(&mut self, group: &str, names: &[&str], now: SystemTime) -> Result<usize, StoreError>;
-    /// Removes mailboxes from a group; unknown names are ignored. Returns the group's size.
-    fn leave(&mut self, group: &str, names: &[&str]) -> usize;
-    /// The members of a group, in no particular order (empty for an unknown group).
-    fn members(&self, group: &str) -> Vec<Rc<str>>;
-    /// Removes a mailbox at once (its subscribers are the caller's to end).
-    fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError>;
-    /// Facts about one mailbox.
-    fn info(&self, name: &str, now: SystemTime) -> Option<MailboxInfo>;
+    /// Starts a backend's command. Its result comes out of
+    /// [`MailboxStore::next_completion`], on this turn or a later one;
+    /// commands complete in the order they were submitted.
+    fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime);
+    /// The next finished command, if any.
+    fn next_completion(&mut self) -> Option<Completion>;
     /// Finds or creates a mailbox for a client that is opening it, and
     /// returns its name as the store keeps it. Clients may create mailboxes
     /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
@@ -256,6 +313,8 @@ pub struct MemoryStore {
     /// uid)`, oldest first, for server-wide eviction past `max_memory`;
     /// entries of messages already gone are skipped when met.
     order: VecDeque<(u64, usize, u64)>,
+    /// Results not yet taken by the loop.
+    completed: VecDeque<Completion>,
     /// The highest id that left the server with a mailbox (expired or
     /// dropped while holding messages), or the last id before start: a new
     /// mailbox cannot vouch for anything up to it.
@@ -293,6 +352,7 @@ impl MemoryStore {
             memory: 0,
             order: VecDeque::new(),
             discarded: first_id.saturating_sub(1),
+            completed: VecDeque::new(),
         }
     }
 
@@ -307,9 +367,10 @@ impl MemoryStore {
     }
 }
 
-// The contract of each method is documented on the trait.
-impl MailboxStore for MemoryStore {
-    fn send(
+/// The commands, carried out at once (what [`MailboxStore::submit`] runs).
+impl MemoryStore {
+    /// `SEND`: stores one message in a mailbox, creating it if needed.
+    pub fn send(
         &mut self,
         name: &str,
         payload: &Rc<Payload>,
@@ -319,7 +380,8 @@ impl MailboxStore for MemoryStore {
         Ok(self.store_in(key, payload))
     }
 
-    fn publish(
+    /// `PUBLISH`: stores one payload in every member not in `except`, each with its own id.
+    pub fn publish(
         &mut self,
         group: &str,
         payload: &Rc<Payload>,
@@ -348,7 +410,13 @@ impl MailboxStore for MemoryStore {
         deliveries
     }
 
-    fn join(&mut self, group: &str, names: &[&str], now: SystemTime) -> Result<usize, StoreError> {
+    /// `JOIN`: adds mailboxes (created if needed) to a group (created if needed); returns its size.
+    pub fn join(
+        &mut self,
+        group: &str,
+        names: &[&str],
+        now: SystemTime,
+    ) -> Result<usize, StoreError> {
         let missing = names
             .iter()
             .filter(|n| !self.mailbox_index.contains_key(**n))
@@ -387,7 +455,8 @@ impl MailboxStore for MemoryStore {
         Ok(self.groups[gkey].members.len())
     }
 
-    fn leave(&mut self, group: &str, names: &[&str]) -> usize {
+    /// `LEAVE`: removes mailboxes from a group, ignoring unknown names; returns its size.
+    pub fn leave(&mut self, group: &str, names: &[&str]) -> usize {
         let Some(&gkey) = self.group_index.get(group) else {
             return 0;
         };
@@ -403,7 +472,8 @@ impl MailboxStore for MemoryStore {
         self.groups.get(gkey).map_or(0, |g| g.members.len())
     }
 
-    fn members(&self, group: &str) -> Vec<Rc<str>> {
+    /// `MEMBERS`: the members of a group, in no particular order.
+    pub fn members(&self, group: &str) -> Vec<Rc<str>> {
         self.group_index.get(group).map_or_else(Vec::new, |&g| {
             self.groups[g]
                 .members
@@ -413,15 +483,18 @@ impl MailboxStore for MemoryStore {
         })
     }
 
-    fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError> {
+    /// `DROP`: removes a mailbox at once.
+    pub fn drop_mailbox(&mut self, name: &str) -> Result<(), StoreError> {
         let key = *self.mailbox_index.get(name).ok_or(StoreError::NotFound)?;
         self.remove(key);
         Ok(())
     }
 
-    fn info(&self, name: &str, now: SystemTime) -> Option<MailboxInfo> {
+    /// `INFO`: facts about one mailbox.
+    pub fn info(&self, name: &str, now: SystemTime) -> Option<MailboxInfo> {
         let mailbox = &self.mailboxes[*self.mailbox_index.get(name)?];
         Some(MailboxInfo {
+            mailbox: mailbox.name.clone(),
             retained: mailbox.messages.len(),
             last_id: mailbox.last_id(),
             groups: mailbox.memberships.len(),
@@ -429,6 +502,44 @@ impl MailboxStore for MemoryStore {
                 .idle_since
                 .map_or(0, |t| now.duration_since(t).map_or(0, |d| d.as_secs())),
         })
+    }
+}
+
+// The contract of each method is documented on the trait.
+impl MailboxStore for MemoryStore {
+    fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime) {
+        let result = match op {
+            Op::Send { mailbox, payload } => self.send(&mailbox, &payload, now).map(Done::Sent),
+            Op::Publish {
+                group,
+                payload,
+                except,
+            } => {
+                let except: Vec<&str> = except.iter().map(String::as_str).collect();
+                Ok(Done::Published(
+                    self.publish(&group, &payload, &except, now),
+                ))
+            }
+            Op::Join { group, mailboxes } => {
+                let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+                self.join(&group, &names, now).map(Done::GroupSize)
+            }
+            Op::Leave { group, mailboxes } => {
+                let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
+                Ok(Done::GroupSize(self.leave(&group, &names)))
+            }
+            Op::Members { group } => Ok(Done::Members(self.members(&group))),
+            Op::Drop { mailbox } => self.drop_mailbox(&mailbox).map(|()| Done::Dropped(mailbox)),
+            Op::Info { mailbox } => self
+                .info(&mailbox, now)
+                .map(Done::Info)
+                .ok_or(StoreError::NotFound),
+        };
+        self.completed.push_back((ticket, result));
+    }
+
+    fn next_completion(&mut self) -> Option<Completion> {
+        self.completed.pop_front()
     }
 
     fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError> {

@@ -1,23 +1,33 @@
 //! Control connections: backends' commands applied to the store.
 //!
-//! Input is framed by [`control::parse_frame`] and each request answered in
-//! order. Replies accumulate in the connection's output; above
-//! [`CONTROL_OUT_HIGH`] bytes the connection stops reading until they drain,
-//! so a backend that pipelines without reading replies is slowed down, never
-//! cut off and never able to grow our memory. An oversize payload is skipped
-//! byte by byte as it arrives rather than buffered.
+//! Input is framed by [`control::parse_frame`]. Commands the store carries
+//! out are submitted with a [`Ticket`](crate::store::Ticket) naming this connection; their results
+//! come back through [`Server::complete`], on this turn (the in-memory
+//! store) or a later one, and only then are the messages fanned out and the
+//! replies known. Replies are written strictly in request order: each
+//! connection keeps them in a queue ([`PendingReply`]), local answers
+//! (`PING`, `STATS`, `TOKEN`) waiting behind store results. Above
+//! [`CONTROL_OUT_HIGH`] bytes of replies, written or waiting, the connection
+//! stops reading until they drain, so a backend that pipelines without
+//! reading replies is slowed down, never cut off and never able to grow our
+//! memory. An oversize payload is skipped byte by byte as it arrives rather
+//! than buffered.
 
 use std::time::Instant;
 
-use crate::conn::{Close, ReadEnd, Session, read_into, split_sub};
+use crate::conn::{Close, PendingReply, ReadEnd, Session, read_into, split_sub};
 use crate::message::Payload;
 use crate::server::Server;
-use crate::store::StoreError;
+use crate::store::{Done, Op, StoreError};
 use crate::wire::control::{self, Command, ControlError, ErrorCode, Frame, Reply};
 
 /// Replies queued for one backend before its input is paused: enough for
 /// ~10,000 pipelined `SEND` replies in flight.
 const CONTROL_OUT_HIGH: usize = 256 * 1024;
+
+/// What a reply still waiting in the queue is counted as against
+/// [`CONTROL_OUT_HIGH`]: about the length of an `OK <id> <live>` line.
+const REPLY_ESTIMATE: usize = 24;
 
 impl Server {
     /// Reads and handles what a backend sent.
@@ -63,21 +73,19 @@ impl Server {
         self.control_readable(key, now);
     }
 
-    /// Handles every complete request buffered on a control connection.
+    /// Handles every complete command buffered on a control connection.
     fn control_process(&mut self, key: usize, now: Instant) {
         let max_message = self.config.max_message;
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
         };
-        let queued = conn.out.len();
         let Session::Control(c) = &mut conn.session else {
             return;
         };
         let input = std::mem::take(&mut c.inbuf);
-        let mut skip = c.skip;
-        let mut replies = Vec::new();
+        let mut skip = c.skip as usize;
         let mut consumed = 0;
-        let (mut paused, mut close) = (false, false);
+        let mut paused = false;
         loop {
             if skip > 0 {
                 let n = skip.min(input.len() - consumed);
@@ -87,7 +95,13 @@ impl Server {
                     break;
                 }
             }
-            if queued + replies.len() > CONTROL_OUT_HIGH {
+            let Some(conn) = self.conns.slab.get_mut(key) else {
+                return;
+            };
+            let Session::Control(c) = &conn.session else {
+                return;
+            };
+            if conn.out.len() + c.pending.len() * REPLY_ESTIMATE > CONTROL_OUT_HIGH {
                 paused = true;
                 break;
             }
@@ -96,8 +110,8 @@ impl Server {
                 Ok(control::Status::Complete(x)) => x,
                 Err(e) => {
                     log::warn!("conn={key} control {:?}: closing", e);
-                    control::render(&mut replies, &Err(e.reply()));
-                    close = true;
+                    self.queue_reply(key, PendingReply::Ready(Err(e.reply())));
+                    self.queue_reply(key, PendingReply::Close);
                     break;
                 }
             };
@@ -106,24 +120,24 @@ impl Server {
                 Frame::Blank => continue,
                 Frame::Oversize { len, skip: s } => {
                     skip = s;
-                    Err(ControlError::new(
+                    PendingReply::Ready(Err(ControlError::new(
                         ErrorCode::TooBig,
                         format!("payload of {len} bytes exceeds max-message ({max_message})"),
-                    ))
+                    )))
                 }
                 Frame::Request { line, payload } => match control::parse_command(line, payload) {
                     Ok(Command::Quit) => {
-                        close = true;
+                        self.queue_reply(key, PendingReply::Close);
                         break;
                     }
-                    Ok(request) => self.execute(request, now),
-                    Err(e) => Err(e),
+                    Ok(command) => self.execute(key, command, now),
+                    Err(e) => PendingReply::Ready(Err(e)),
                 },
             };
-            if let Err(e) = &reply {
+            if let PendingReply::Ready(Err(e)) = &reply {
                 log::debug!("conn={key} control {e}");
             }
-            control::render(&mut replies, &reply);
+            self.queue_reply(key, reply);
         }
         let Some(conn) = self.conns.slab.get_mut(key) else {
             return;
@@ -132,11 +146,54 @@ impl Server {
             let mut input = input;
             input.drain(..consumed);
             c.inbuf = input;
-            c.skip = skip;
+            c.skip = skip as u32;
         }
         conn.paused = paused;
-        if !replies.is_empty() {
-            conn.out.push_bytes(&replies);
+        self.complete(now);
+        self.write_replies(key);
+    }
+
+    /// Adds a reply (known or awaited) behind the connection's others.
+    fn queue_reply(&mut self, key: usize, reply: PendingReply) {
+        if let Some(Session::Control(c)) = self.conns.slab.get_mut(key).map(|c| &mut c.session) {
+            c.pending.push(reply);
+            c.advance();
+        }
+    }
+
+    /// Writes every known reply at the front of the queue, in order, and
+    /// closes the connection once a `QUIT` (or a framing error) is reached.
+    fn write_replies(&mut self, key: usize) {
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        let Session::Control(c) = &mut conn.session else {
+            return;
+        };
+        if c.resolved == 0 {
+            return;
+        }
+        let mut bytes = Vec::new();
+        let mut close = false;
+        for reply in c.pending.drain(..c.resolved as usize) {
+            match reply {
+                PendingReply::Ready(r) => control::render(&mut bytes, &r),
+                PendingReply::Close => {
+                    close = true;
+                    break;
+                }
+                PendingReply::Waiting(_) => debug_assert!(false, "resolved replies only"),
+            }
+        }
+        c.resolved = 0;
+        c.advance();
+        if close {
+            // Nothing after a QUIT or a lost frame is answered.
+            c.pending.clear();
+            c.resolved = 0;
+        }
+        if !bytes.is_empty() {
+            conn.out.push_bytes(&bytes);
             self.conns.schedule_flush(key);
         }
         if close {
@@ -144,88 +201,135 @@ impl Server {
         }
     }
 
-    /// Applies one command to the store and hands what it stored to the
-    /// local subscribers.
-    fn execute(&mut self, command: Command<'_>, now: Instant) -> Result<Reply, ControlError> {
-        let wall = self.wall(now);
-        let store = &mut self.store;
-        match command {
-            Command::Ping => Ok(Reply::Pong),
-            Command::Send {
-                mailbox,
-                event,
-                data,
-            } => {
-                let payload = Payload::new(event, data);
-                let delivery = store.send(mailbox, &payload, wall).map_err(full)?;
+    /// Takes every result the store has finished: hands stored messages to
+    /// the local subscribers, ends the requests of dropped mailboxes, and
+    /// writes the replies that are now known. Runs after each batch of
+    /// commands and once per loop turn, for results that completed later.
+    pub(crate) fn complete(&mut self, now: Instant) {
+        let mut touched = Vec::new();
+        while let Some((ticket, result)) = self.store.next_completion() {
+            let reply = match result {
+                Ok(done) => Ok(self.apply(done, now)),
+                Err(e) => Err(store_error(e)),
+            };
+            let key = (ticket.0 >> 32) as usize;
+            let waiting = match self.conns.slab.get_mut(key).map(|c| &mut c.session) {
+                Some(Session::Control(c)) => c.resolve(ticket, reply),
+                _ => false,
+            };
+            if waiting {
+                touched.push(key);
+            }
+        }
+        touched.dedup();
+        for key in touched {
+            self.write_replies(key);
+        }
+    }
+
+    /// What a finished command means for this process, and its reply. The
+    /// messages are fanned out even when the backend that sent them is gone.
+    fn apply(&mut self, done: Done, now: Instant) -> Reply {
+        match done {
+            Done::Sent(delivery) => {
                 let live = self.fan_out(&delivery, now);
-                Ok(Reply::Ok(format!("{} {live}", delivery.message.id)))
+                Reply::Ok(format!("{} {live}", delivery.message.id))
             }
-            Command::Publish {
-                group,
-                event,
-                except,
-                data,
-            } => {
-                let payload = Payload::new(event, data);
-                let deliveries = store.publish(group, &payload, &except, wall);
+            Done::Published(deliveries) => {
                 let live: usize = deliveries.iter().map(|d| self.fan_out(d, now)).sum();
-                Ok(Reply::Ok(format!("{} {live}", deliveries.len())))
+                Reply::Ok(format!("{} {live}", deliveries.len()))
             }
-            Command::Join { group, mailboxes } => store
-                .join(group, &mailboxes, wall)
-                .map(|n| Reply::Ok(n.to_string()))
-                .map_err(full),
-            Command::Leave { group, mailboxes } => {
-                Ok(Reply::Ok(store.leave(group, &mailboxes).to_string()))
-            }
-            Command::Members { group } => {
-                let members = store.members(group);
+            Done::GroupSize(n) => Reply::Ok(n.to_string()),
+            Done::Members(members) => {
                 let mut fields = members.len().to_string();
                 for m in members {
                     fields.push(' ');
                     fields.push_str(&m);
                 }
-                Ok(Reply::Ok(fields))
+                Reply::Ok(fields)
             }
-            Command::Drop { mailbox } => {
-                store
-                    .drop_mailbox(mailbox)
-                    .map_err(|_| not_found(mailbox))?;
-                for sub in self.subscribers.take(mailbox) {
+            Done::Dropped(mailbox) => {
+                for sub in self.subscribers.take(&mailbox) {
                     let (key, rid) = split_sub(sub);
                     self.end_exchange(key, rid, now);
                 }
-                Ok(Reply::Ok(String::new()))
+                Reply::Ok(String::new())
             }
-            Command::Info { mailbox } => {
-                let info = store
-                    .info(mailbox, wall)
-                    .ok_or_else(|| not_found(mailbox))?;
-                Ok(Reply::Ok(format!(
-                    "subscribers={} retained={} last_id={} groups={} idle={}",
-                    self.subscribers.count(mailbox),
-                    info.retained,
-                    info.last_id,
-                    info.groups,
-                    info.idle_secs
-                )))
-            }
-            Command::Stats => Ok(Reply::Ok(self.stats_line(now))),
-            Command::Token { mailbox, ttl } => {
-                let secret = self.secret.as_ref().ok_or_else(|| {
-                    ControlError::new(
-                        ErrorCode::NoSecret,
-                        "mailboxd runs without --secret-file; no token is needed".into(),
-                    )
-                })?;
-                let unix_now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                Ok(Reply::Ok(secret.mint(mailbox, unix_now + ttl)))
-            }
-            Command::Quit => Ok(Reply::None),
+            Done::Info(info) => Reply::Ok(format!(
+                "subscribers={} retained={} last_id={} groups={} idle={}",
+                self.subscribers.count(&info.mailbox),
+                info.retained,
+                info.last_id,
+                info.groups,
+                info.idle_secs
+            )),
         }
+    }
+
+    /// Answers a command at once, or submits it to the store and returns
+    /// the ticket its reply waits for.
+    fn execute(&mut self, key: usize, command: Command<'_>, now: Instant) -> PendingReply {
+        let op = match command {
+            Command::Ping => return PendingReply::Ready(Ok(Reply::Pong)),
+            Command::Stats => return PendingReply::Ready(Ok(Reply::Ok(self.stats_line(now)))),
+            Command::Token { mailbox, ttl } => {
+                return PendingReply::Ready(self.token(mailbox, ttl));
+            }
+            Command::Quit => return PendingReply::Close,
+            Command::Send {
+                mailbox,
+                event,
+                data,
+            } => Op::Send {
+                mailbox: mailbox.to_string(),
+                payload: Payload::new(event, data),
+            },
+            Command::Publish {
+                group,
+                event,
+                except,
+                data,
+            } => Op::Publish {
+                group: group.to_string(),
+                payload: Payload::new(event, data),
+                except: except.iter().map(|m| m.to_string()).collect(),
+            },
+            Command::Join { group, mailboxes } => Op::Join {
+                group: group.to_string(),
+                mailboxes: mailboxes.iter().map(|m| m.to_string()).collect(),
+            },
+            Command::Leave { group, mailboxes } => Op::Leave {
+                group: group.to_string(),
+                mailboxes: mailboxes.iter().map(|m| m.to_string()).collect(),
+            },
+            Command::Members { group } => Op::Members {
+                group: group.to_string(),
+            },
+            Command::Drop { mailbox } => Op::Drop {
+                mailbox: mailbox.to_string(),
+            },
+            Command::Info { mailbox } => Op::Info {
+                mailbox: mailbox.to_string(),
+            },
+        };
+        let ticket = self.conns.ticket(key);
+        let wall = self.wall(now);
+        self.store.submit(ticket, op, wall);
+        PendingReply::Waiting(ticket)
+    }
+
+    /// `TOKEN`: a token opening `mailbox` for `ttl` seconds.
+    fn token(&self, mailbox: &str, ttl: u64) -> Result<Reply, ControlError> {
+        let secret = self.secret.as_ref().ok_or_else(|| {
+            ControlError::new(
+                ErrorCode::NoSecret,
+                "mailboxd runs without --secret-file; no token is needed".into(),
+            )
+        })?;
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Reply::Ok(secret.mint(mailbox, unix_now + ttl)))
     }
 
     fn stats_line(&self, now: Instant) -> String {
@@ -255,10 +359,11 @@ impl Server {
     }
 }
 
-fn full(e: StoreError) -> ControlError {
-    ControlError::new(ErrorCode::Full, e.to_string())
-}
-
-fn not_found(mailbox: &str) -> ControlError {
-    ControlError::new(ErrorCode::NotFound, format!("no mailbox '{mailbox}'"))
+/// The `ERR` reply for a store's refusal.
+fn store_error(e: StoreError) -> ControlError {
+    let code = match e {
+        StoreError::NotFound => ErrorCode::NotFound,
+        StoreError::TooManyMailboxes | StoreError::TooManyGroups => ErrorCode::Full,
+    };
+    ControlError::new(code, e.to_string())
 }
