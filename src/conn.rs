@@ -24,7 +24,7 @@ use slab::Slab;
 
 use crate::message::Message;
 use crate::outbuf::{Chunk, OutQueue};
-use crate::request::Head;
+use crate::request::{Head, Route};
 use crate::store::Ticket;
 use crate::subscribers::{Outcome, SubscriberId};
 use crate::throttle::Warnings;
@@ -247,12 +247,26 @@ impl ControlState {
     }
 }
 
+/// A client request waiting for the store to open its mailbox.
+#[derive(Debug)]
+pub struct Opening {
+    /// The store result it waits for.
+    pub ticket: Ticket,
+    /// What the client asked for.
+    pub route: Route,
+    /// Its deadline (FastCGI's request head deadline goes on; HTTP and SCGI
+    /// keep the connection's).
+    pub timer: TimerId,
+}
+
 /// Where an HTTP client connection is in its life.
 #[derive(Debug)]
 pub enum HttpPhase {
     /// Reading a request head; closed if it is not complete by the
     /// connection's deadline.
     Head,
+    /// Waiting for the store to open the mailbox.
+    Opening(Box<Opening>),
     /// Parked on a mailbox.
     Active(Exchange),
 }
@@ -273,6 +287,8 @@ pub struct HttpState {
 pub enum ScgiPhase {
     /// Reading the header netstring, under the connection's deadline.
     Head,
+    /// Waiting for the store to open the mailbox.
+    Opening(Box<Opening>),
     /// Parked on a mailbox.
     Active(Exchange),
     /// The response is complete; waiting for output to drain.
@@ -299,6 +315,8 @@ pub enum FcgiPhase {
         /// The head deadline of this request.
         timer: TimerId,
     },
+    /// Waiting for the store to open the mailbox.
+    Opening(Box<Opening>),
     /// Parked on a mailbox.
     Active(Exchange),
 }
@@ -329,10 +347,11 @@ impl FcgiState {
         self.requests.iter_mut().find(|r| r.id == rid)
     }
 
-    /// The head deadline of request `rid`, while its `PARAMS` are incomplete.
-    pub fn params_timer(&self, rid: u16) -> Option<TimerId> {
+    /// The head deadline of request `rid`, until its mailbox is open.
+    pub fn head_timer(&self, rid: u16) -> Option<TimerId> {
         self.requests.iter().find_map(|r| match &r.phase {
             FcgiPhase::Params { timer, .. } if r.id == rid => Some(*timer),
+            FcgiPhase::Opening(o) if r.id == rid => Some(o.timer),
             _ => None,
         })
     }
@@ -343,7 +362,7 @@ impl FcgiState {
             .iter()
             .map(|r| match &r.phase {
                 FcgiPhase::Params { params, .. } => params.capacity(),
-                FcgiPhase::Active(_) => 0,
+                FcgiPhase::Opening(_) | FcgiPhase::Active(_) => 0,
             })
             .sum()
     }
@@ -481,6 +500,59 @@ impl Conn {
         }
     }
 
+    /// Puts request `rid` in the opening state; a FastCGI request keeps the
+    /// deadline of its head.
+    pub fn set_opening(&mut self, rid: u16, mut opening: Box<Opening>) {
+        match &mut self.session {
+            Session::Http(h) => h.phase = HttpPhase::Opening(opening),
+            Session::Scgi(s) => s.phase = ScgiPhase::Opening(opening),
+            Session::Fcgi(f) => {
+                if let Some(r) = f.request_mut(rid) {
+                    if let FcgiPhase::Params { timer, .. } = r.phase {
+                        opening.timer = timer;
+                    }
+                    r.phase = FcgiPhase::Opening(opening);
+                }
+            }
+            Session::Control(_) => debug_assert!(false, "control connections open nothing"),
+        }
+    }
+
+    /// Takes the request waiting for `ticket` out of the opening state;
+    /// `None` when nothing waits for it (the request or connection ended).
+    pub fn take_opening(&mut self, ticket: Ticket) -> Option<(u16, Box<Opening>)> {
+        let waits = |o: &Opening| o.ticket == ticket;
+        match &mut self.session {
+            Session::Http(h) if matches!(&h.phase, HttpPhase::Opening(o) if waits(o)) => {
+                match std::mem::replace(&mut h.phase, HttpPhase::Head) {
+                    HttpPhase::Opening(o) => Some((0, o)),
+                    _ => None,
+                }
+            }
+            Session::Scgi(s) if matches!(&s.phase, ScgiPhase::Opening(o) if waits(o)) => {
+                match std::mem::replace(&mut s.phase, ScgiPhase::Done) {
+                    ScgiPhase::Opening(o) => Some((0, o)),
+                    _ => None,
+                }
+            }
+            Session::Fcgi(f) => {
+                let r = f
+                    .requests
+                    .iter_mut()
+                    .find(|r| matches!(&r.phase, FcgiPhase::Opening(o) if waits(o)))?;
+                let placeholder = FcgiPhase::Params {
+                    params: Vec::new(),
+                    timer: TimerId::NONE,
+                };
+                match std::mem::replace(&mut r.phase, placeholder) {
+                    FcgiPhase::Opening(o) => Some((r.id, o)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// Every active exchange, with its request id.
     pub fn exchanges(&self) -> Vec<(u16, &Exchange)> {
         match &self.session {
@@ -497,7 +569,7 @@ impl Conn {
                 .iter()
                 .filter_map(|r| match &r.phase {
                     FcgiPhase::Active(ex) => Some((r.id, ex)),
-                    FcgiPhase::Params { .. } => None,
+                    FcgiPhase::Params { .. } | FcgiPhase::Opening(_) => None,
                 })
                 .collect(),
             _ => Vec::new(),

@@ -6,15 +6,16 @@
 //!    warning summary, shutdown) as timeout;
 //! 2. dispatch each event by token: the signal pipe, a listener, or a connection;
 //! 3. fire due timers (heartbeats, long-poll holds, head timeouts) and expire mailboxes;
-//! 4. take the store's finished commands: fan out, reply in order;
-//! 5. answer the long-polls that messages woke during this turn;
-//! 6. commit the store (make this turn's changes durable or shared), before
+//! 4. settle: take the store's finished results (fan out, reply in order,
+//!    start the exchanges of opened mailboxes) and answer the long-polls
+//!    they woke, until neither has more;
+//! 5. commit the store (make this turn's changes durable or shared), before
 //!    anything is written, as Redis does before it sleeps;
-//! 7. flush every connection that has output, once (only a short write arms WRITABLE);
-//! 8. reap the connections marked for closing, unsubscribing their requests,
+//! 6. flush every connection that has output, once (only a short write arms WRITABLE);
+//! 7. reap the connections marked for closing, unsubscribing their requests,
 //!    and accept again if descriptors had run out.
 //!
-//! Handlers never free a connection: they mark it, and step 8 frees it, so a
+//! Handlers never free a connection: they mark it, and step 7 frees it, so a
 //! delivery can walk a mailbox's subscribers without any of them vanishing.
 //! Tokens: [`SIGNAL`], then one per listener, then `FIRST_CONN + slab key`;
 //! an event for a key no longer in the slab is ignored.
@@ -221,12 +222,24 @@ impl Server {
                 self.dispatch(event, now);
             }
             self.fire_timers(now);
-            self.complete(now);
-            self.answer_polls(now);
+            self.settle(now);
             self.commit();
             self.flush(now);
             let closed = self.reap(now);
             self.retry_accepts(now, closed > 0);
+        }
+    }
+
+    /// Takes the store's finished results and answers the long-polls they
+    /// (or this turn's events) woke, until neither has more: an answer can
+    /// start a pipelined request whose opening completes at once.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            self.complete(now);
+            if self.conns.answers.is_empty() {
+                return;
+            }
+            self.answer_polls(now);
         }
     }
 
@@ -568,6 +581,9 @@ impl Server {
                         } else {
                             self.client_readable(key, now);
                         }
+                        // What resuming started finishes this turn; any
+                        // connection it gives output joins this flush.
+                        self.settle(now);
                     }
                 }
                 Ok(false) => {

@@ -86,6 +86,14 @@ pub enum Op {
         /// The mailbox.
         mailbox: String,
     },
+    /// A client opens a mailbox (created if missing, within the clients'
+    /// share of the table) and wants what it missed after `resume`.
+    Open {
+        /// The mailbox.
+        mailbox: String,
+        /// The client's resume point; `None`: everything retained.
+        resume: Option<u64>,
+    },
 }
 
 /// What a command did.
@@ -103,6 +111,14 @@ pub enum Done {
     Dropped(String),
     /// `INFO`.
     Info(MailboxInfo),
+    /// A client's mailbox is open: its name as the store keeps it, and
+    /// what the client must be sent before live messages.
+    Opened {
+        /// The mailbox.
+        mailbox: Rc<str>,
+        /// The retained messages after the resume point, and any gap.
+        backlog: Backlog,
+    },
 }
 
 /// A finished command: its ticket and its result.
@@ -262,10 +278,6 @@ pub trait MailboxStore {
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime);
     /// The next finished command, if any.
     fn next_completion(&mut self) -> Option<Completion>;
-    /// Finds or creates a mailbox for a client that is opening it, and
-    /// returns its name as the store keeps it. Clients may create mailboxes
-    /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
-    fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError>;
     /// The client that opened `name` is done with it without subscribing
     /// (an answered long-poll): a mailbox that holds nothing, belongs to no
     /// group and is not watched disappears.
@@ -369,6 +381,19 @@ impl MemoryStore {
 
 /// The commands, carried out at once (what [`MailboxStore::submit`] runs).
 impl MemoryStore {
+    /// Finds or creates a mailbox for a client that is opening it, and
+    /// returns its name as the store keeps it. Clients may create mailboxes
+    /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
+    pub fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError> {
+        let client_limit =
+            self.limits.max_mailboxes - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
+        if !self.mailbox_index.contains_key(name) && self.mailboxes.len() >= client_limit {
+            return Err(StoreError::TooManyMailboxes);
+        }
+        let key = self.get_or_create(name, now)?;
+        Ok(self.mailboxes[key].name.clone())
+    }
+
     /// `SEND`: stores one message in a mailbox, creating it if needed.
     pub fn send(
         &mut self,
@@ -534,22 +559,16 @@ impl MailboxStore for MemoryStore {
                 .info(&mailbox, now)
                 .map(Done::Info)
                 .ok_or(StoreError::NotFound),
+            Op::Open { mailbox, resume } => self.open(&mailbox, now).map(|mailbox| {
+                let backlog = self.backlog(&mailbox, resume).expect("opened just now");
+                Done::Opened { mailbox, backlog }
+            }),
         };
         self.completed.push_back((ticket, result));
     }
 
     fn next_completion(&mut self) -> Option<Completion> {
         self.completed.pop_front()
-    }
-
-    fn open(&mut self, name: &str, now: SystemTime) -> Result<Rc<str>, StoreError> {
-        let client_limit =
-            self.limits.max_mailboxes - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
-        if !self.mailbox_index.contains_key(name) && self.mailboxes.len() >= client_limit {
-            return Err(StoreError::TooManyMailboxes);
-        }
-        let key = self.get_or_create(name, now)?;
-        Ok(self.mailboxes[key].name.clone())
     }
 
     fn release(&mut self, name: &str) {

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use crate::conn::{Close, PendingReply, ReadEnd, Session, read_into, split_sub};
+use crate::conn::{Close, Kind, PendingReply, ReadEnd, Session, read_into, split_sub};
 use crate::message::Payload;
 use crate::server::Server;
 use crate::store::{Done, Op, StoreError};
@@ -202,17 +202,31 @@ impl Server {
     }
 
     /// Takes every result the store has finished: hands stored messages to
-    /// the local subscribers, ends the requests of dropped mailboxes, and
-    /// writes the replies that are now known. Runs after each batch of
-    /// commands and once per loop turn, for results that completed later.
+    /// the local subscribers, ends the requests of dropped mailboxes, writes
+    /// the replies that are now known, and starts the exchanges of clients
+    /// whose mailbox is open. Runs after each batch of commands or client
+    /// requests, and once per loop turn for results that completed later.
     pub(crate) fn complete(&mut self, now: Instant) {
         let mut touched = Vec::new();
         while let Some((ticket, result)) = self.store.next_completion() {
+            let key = (ticket.0 >> 32) as usize;
+            let client = self
+                .conns
+                .slab
+                .get(key)
+                .is_some_and(|c| c.session.kind() != Kind::Control);
             let reply = match result {
+                Ok(Done::Opened { mailbox, backlog }) => {
+                    self.opened(key, ticket, Ok((mailbox, backlog)), now);
+                    continue;
+                }
+                Err(e) if client => {
+                    self.opened(key, ticket, Err(e), now);
+                    continue;
+                }
                 Ok(done) => Ok(self.apply(done, now)),
                 Err(e) => Err(store_error(e)),
             };
-            let key = (ticket.0 >> 32) as usize;
             let waiting = match self.conns.slab.get_mut(key).map(|c| &mut c.session) {
                 Some(Session::Control(c)) => c.resolve(ticket, reply),
                 _ => false,
@@ -254,6 +268,10 @@ impl Server {
                     self.end_exchange(key, rid, now);
                 }
                 Reply::Ok(String::new())
+            }
+            Done::Opened { .. } => {
+                debug_assert!(false, "openings are clients' results");
+                Reply::None
             }
             Done::Info(info) => Reply::Ok(format!(
                 "subscribers={} retained={} last_id={} groups={} idle={}",

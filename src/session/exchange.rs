@@ -13,11 +13,11 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::conn::{Close, Exchange, Next, ReadEnd, Session, sub_id};
+use crate::conn::{Close, Exchange, Next, Opening, ReadEnd, Session, sub_id};
 use crate::outbuf::Chunk;
 use crate::request::{Head, HttpStatus, Rejection, Route};
 use crate::server::Server;
-use crate::store::{Delivery, StoreError};
+use crate::store::{Backlog, Delivery, Op, StoreError, Ticket};
 use crate::subscribers::{SubscriberId, TooManySubscribers};
 use crate::timer::{CONN_SLOT, TimerId};
 use crate::wire::transport::{Transport, poll_body};
@@ -127,7 +127,8 @@ impl Server {
         self.finish(key, rid, true, now);
     }
 
-    /// Opens the mailbox and either answers at once or parks the request.
+    /// Asks the store to open the request's mailbox; the request waits in
+    /// the opening state until [`Server::opened`] has the result.
     pub(crate) fn start_exchange(
         &mut self,
         key: usize,
@@ -135,39 +136,88 @@ impl Server {
         route: Route,
         now: Instant,
     ) -> Result<(), Rejection> {
-        let mailbox = self
-            .store
-            .open(&route.mailbox, self.wall(now))
-            .map_err(unavailable)?;
+        let ticket = self.conns.ticket(key);
+        let op = Op::Open {
+            mailbox: route.mailbox.clone(),
+            resume: route.resume,
+        };
+        let opening = Box::new(Opening {
+            ticket,
+            route,
+            timer: TimerId::NONE,
+        });
+        if let Some(conn) = self.conns.slab.get_mut(key) {
+            conn.set_opening(rid, opening);
+        }
+        let wall = self.wall(now);
+        self.store.submit(ticket, op, wall);
+        Ok(())
+    }
+
+    /// The store answered a client's opening: start the exchange, or
+    /// refuse it. A result nobody waits for any more (the client left)
+    /// releases the mailbox it may have created.
+    pub(crate) fn opened(
+        &mut self,
+        key: usize,
+        ticket: Ticket,
+        result: Result<(Rc<str>, Backlog), StoreError>,
+        now: Instant,
+    ) {
+        let waiting = self
+            .conns
+            .slab
+            .get_mut(key)
+            .filter(|c| c.close == Close::No)
+            .and_then(|c| c.take_opening(ticket));
+        let Some((rid, opening)) = waiting else {
+            if let Ok((mailbox, _)) = result {
+                self.store.release(&mailbox);
+            }
+            return;
+        };
+        let started = result.map_err(unavailable).and_then(|(mailbox, backlog)| {
+            self.begin_exchange(key, rid, opening.route, mailbox, backlog, now)
+        });
+        if let Err(rejection) = started {
+            self.reject(key, rid, rejection, now);
+        }
+        if matches!(
+            self.conns.slab.get(key).map(|c| &c.session),
+            Some(Session::Http(_))
+        ) {
+            // Requests the client pipelined meanwhile.
+            self.http_process(key, now);
+        }
+    }
+
+    /// With the mailbox open: answers a long-poll at once when there is
+    /// something to say, else parks the request.
+    fn begin_exchange(
+        &mut self,
+        key: usize,
+        rid: u16,
+        route: Route,
+        mailbox: Rc<str>,
+        backlog: Backlog,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         let sub = sub_id(key, rid);
         if route.transport == Transport::Poll {
-            let last_id = {
-                let backlog = self
-                    .store
-                    .backlog(&mailbox, route.resume)
-                    .ok_or_else(|| unavailable(StoreError::NotFound))?;
-                if backlog.gap || !backlog.messages.is_empty() {
-                    Err(poll_body(
-                        backlog.messages.iter(),
-                        backlog.last_id,
-                        backlog.gap,
-                        self.config.max_output / 2,
-                    ))
-                } else {
-                    Ok(backlog.last_id)
-                }
-            };
-            let last_id = match last_id {
-                Ok(id) => id,
-                Err(body) => {
-                    // Something to say already: answer without parking. A
-                    // mailbox opened only to report a gap goes again at once.
-                    self.store.release(&mailbox);
-                    self.send_answer(key, rid, body, now);
-                    return Ok(());
-                }
-            };
-            let since = route.resume.unwrap_or(last_id);
+            if backlog.gap || !backlog.messages.is_empty() {
+                // Something to say already: answer without parking. A
+                // mailbox opened only to report a gap goes again at once.
+                let body = poll_body(
+                    backlog.messages.iter(),
+                    backlog.last_id,
+                    backlog.gap,
+                    self.config.max_output / 2,
+                );
+                self.store.release(&mailbox);
+                self.send_answer(key, rid, body, now);
+                return Ok(());
+            }
+            let since = route.resume.unwrap_or(backlog.last_id);
             self.subscribe(&mailbox, sub)?;
             let hold = now + self.config.poll_timeout;
             self.park(
@@ -203,13 +253,11 @@ impl Server {
         );
         let scratch = &mut self.conns.scratch;
         scratch.extend(transport.preamble(self.config.retry_ms));
-        if let Some(backlog) = self.store.backlog(&mailbox, route.resume) {
-            if backlog.gap {
-                transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
-            }
-            for msg in backlog.messages {
-                transport.message(&msg, scratch);
-            }
+        if backlog.gap {
+            transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
+        }
+        for msg in &backlog.messages {
+            transport.message(msg, scratch);
         }
         let conn = &mut self.conns.slab[key];
         conn.push_head(rid, &Head::stream(transport));
@@ -239,7 +287,7 @@ impl Server {
             return;
         };
         if let Session::Fcgi(f) = &conn.session
-            && f.params_timer(rid) == Some(id)
+            && f.head_timer(rid) == Some(id)
         {
             self.conns.warnings.head_timeouts.note(now, || {
                 format!("conn={key} fastcgi request {rid} head not complete within request-timeout: closing")

@@ -35,11 +35,17 @@ impl Server {
                 HttpPhase::Head => {
                     read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
                 }
-                // A keep-alive long-poll client may pipeline its next request.
+                // A keep-alive client may pipeline its next request while
+                // this one's mailbox opens or its long-poll is held.
+                HttpPhase::Opening(_) if h.keep_alive => {
+                    read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
+                }
                 HttpPhase::Active(ex) if ex.transport == Transport::Poll && h.keep_alive => {
                     read_into(&mut conn.socket, &mut h.inbuf, http::MAX_HEAD, scratch)
                 }
-                HttpPhase::Active(_) => discard_input(&mut conn.socket, scratch),
+                HttpPhase::Opening(_) | HttpPhase::Active(_) => {
+                    discard_input(&mut conn.socket, scratch)
+                }
             };
             let full = matches!(result, Ok(ReadEnd::Full));
             if self.read_ended(key, result) {

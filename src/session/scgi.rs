@@ -26,7 +26,9 @@ impl Server {
                 scratch,
             ),
             // The body is drained unread; reading also notices the web server hanging up.
-            ScgiPhase::Active(_) | ScgiPhase::Done => discard_input(&mut conn.socket, scratch),
+            ScgiPhase::Opening(_) | ScgiPhase::Active(_) | ScgiPhase::Done => {
+                discard_input(&mut conn.socket, scratch)
+            }
         };
         if !self.read_ended(key, result) {
             self.scgi_process(key, now);
