@@ -23,6 +23,15 @@
 //! | 7 | `Idle` | mailbox, since (u64 ms since 1970) |
 //! | 8 | `Watched` | mailbox |
 //! | 9 | `Mailbox` | mailbox, horizon (u64), idle since (u64 ms, 0 while watched) |
+//! | 10 | `Copy` | mailbox, id (u64), from mailbox, of id (u64) |
+//! | 11 | `Clock` | the time of the records that follow (u64 ms since 1970) |
+//!
+//! A journal writes a `Clock` before each batch of records (one loop
+//! turn), so recovery replays every operation at its own time: a mailbox
+//! created then starts its idle clock then.
+//! A snapshot writes a payload that several mailboxes share (one `PUBLISH`)
+//! once, as a `Message`, and each other holder as a `Copy` of it, so a
+//! restart keeps it shared.
 //!
 //! A `Publish` is one record however many members it reached: replaying it
 //! against the same groups gives each member the same id (`first id` plus
@@ -120,6 +129,22 @@ pub enum Record<'a> {
         /// Milliseconds since 1970 that it has been idle, 0 while watched.
         idle_since_ms: u64,
     },
+    /// The time of the records that follow.
+    Clock {
+        /// Milliseconds since 1970.
+        now_ms: u64,
+    },
+    /// A snapshot's message whose payload an earlier record already holds.
+    Copy {
+        /// The mailbox.
+        mailbox: &'a str,
+        /// Its id there.
+        id: u64,
+        /// The mailbox holding the first copy.
+        from: &'a str,
+        /// The first copy's id there.
+        of: u64,
+    },
 }
 
 /// Why bytes are not a valid record.
@@ -209,6 +234,22 @@ pub fn encode(record: &Record<'_>, out: &mut Vec<u8>) {
             put_name(out, mailbox);
             put_u64(out, *horizon);
             put_u64(out, *idle_since_ms);
+        }
+        Record::Copy {
+            mailbox,
+            id,
+            from,
+            of,
+        } => {
+            out.push(10);
+            put_name(out, mailbox);
+            put_u64(out, *id);
+            put_name(out, from);
+            put_u64(out, *of);
+        }
+        Record::Clock { now_ms } => {
+            out.push(11);
+            put_u64(out, *now_ms);
         }
     }
     let body = &out[start + HEADER..];
@@ -310,6 +351,13 @@ pub fn decode(buf: &[u8]) -> Result<Status<(Record<'_>, usize)>, JournalError> {
             horizon: r.u64()?,
             idle_since_ms: r.u64()?,
         },
+        10 => Record::Copy {
+            mailbox: r.name()?,
+            id: r.u64()?,
+            from: r.name()?,
+            of: r.u64()?,
+        },
+        11 => Record::Clock { now_ms: r.u64()? },
         kind => return Err(corrupt(format!("unknown kind {kind}"))),
     };
     if r.at != body.len() {
@@ -429,6 +477,15 @@ mod tests {
                 mailbox: "dave",
                 horizon: 9,
                 idle_since_ms: 0,
+            },
+            Record::Copy {
+                mailbox: "carol",
+                id: 44,
+                from: "alice",
+                of: 43,
+            },
+            Record::Clock {
+                now_ms: 1_795_000_000_456,
             },
         ]
     }

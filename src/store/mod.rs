@@ -32,6 +32,10 @@ use slab::Slab;
 
 use crate::message::{Message, Payload};
 
+mod replay;
+
+pub use replay::{Replay, ReplayError};
+
 /// Names who waits for a store result; the store hands it back untouched.
 /// The loop puts the waiting connection's key in the upper 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
