@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::peer::{Cidr, Credential};
-use crate::store::StoreLimits;
+use crate::store::{Fsync, StoreLimits};
 
 /// Where a listener binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +120,12 @@ pub struct Config {
     /// How long unacknowledged data or keep-alive probes may go unanswered
     /// before a client TCP connection is declared dead.
     pub dead_peer_timeout: Duration,
+    /// Where the journal and snapshots live; `None` keeps everything in memory.
+    pub state_dir: Option<PathBuf>,
+    /// When the journal is synced to disk.
+    pub fsync: Fsync,
+    /// Journal bytes past which a snapshot is taken.
+    pub compact_after: u64,
     /// Messages retained per mailbox.
     pub retain: usize,
     /// Payload bytes retained per mailbox.
@@ -167,6 +173,11 @@ impl Default for Config {
             max_memory: 1 << 30,
             // With the 20 s heartbeat a vanished peer is gone within a minute.
             dead_peer_timeout: Duration::from_secs(30),
+            state_dir: None,
+            fsync: Fsync::Always,
+            // Large enough that compaction is rare under steady load, small
+            // enough that replaying the journal at start takes well under a second.
+            compact_after: 64 << 20,
             retain: 100,
             retain_bytes: 1 << 20,
             max_subscribers: 16,
@@ -258,6 +269,9 @@ struct Settings {
     control_allow: Option<Vec<String>>,
     gateway_allow: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    fsync: Option<String>,
+    compact_after: Option<u64>,
     max_memory: Option<usize>,
     dead_peer_timeout: Option<f64>,
     retain: Option<usize>,
@@ -314,6 +328,15 @@ impl Settings {
         }
         if self.secret_file.is_some() {
             config.secret_file = self.secret_file;
+        }
+        if self.state_dir.is_some() {
+            config.state_dir = self.state_dir;
+        }
+        if let Some(fsync) = &self.fsync {
+            config.fsync = Fsync::parse(fsync)?;
+        }
+        if let Some(bytes) = self.compact_after {
+            config.compact_after = bytes;
         }
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
@@ -425,6 +448,16 @@ Clients:
   --dead-peer-timeout SECS a client that stops acknowledging for this long is dropped
                            (TCP_USER_TIMEOUT, keep-alive probes) [default: 30]
 
+Durability:
+  --state-dir DIR          keep mailboxes, retained messages, groups, expiry and ids in
+                           DIR (journal and snapshots), across restarts and kill -9
+                           [default: none: everything in memory]
+  --fsync MODE             always (a backend's OK only once its record is on disk; one
+                           sync per loop turn covers the turn), everysec, or never
+                           [default: always]
+  --compact-after BYTES    journal size past which a snapshot is written by a forked
+                           child [default: 67108864]
+
 Security:
   --secret-file FILE       HMAC-SHA256 key for mailbox tokens; clients then need a
                            token (?token= or Authorization: Bearer) to open a mailbox.
@@ -485,6 +518,9 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
                 .get_or_insert_with(Vec::new)
                 .extend(value.split(',').map(str::to_string)),
             "secret-file" => cli.secret_file = Some(PathBuf::from(value)),
+            "state-dir" => cli.state_dir = Some(PathBuf::from(value)),
+            "fsync" => cli.fsync = Some(value),
+            "compact-after" => cli.compact_after = Some(int(&value)? as u64),
             "max-memory" => cli.max_memory = Some(int(&value)?),
             "dead-peer-timeout" => cli.dead_peer_timeout = Some(secs(&value)?),
             "config" => config_file = Some(PathBuf::from(value)),

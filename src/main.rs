@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use mailboxd::config::{self, Command};
 use mailboxd::server::Server;
-use mailboxd::store::MemoryStore;
+use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -25,8 +25,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = MemoryStore::starting_now(config.store_limits());
-    let result = Server::new(*config, Box::new(store)).and_then(|mut server| server.run());
+    let store: Box<dyn MailboxStore> = match &config.state_dir {
+        None => Box::new(MemoryStore::starting_now(config.store_limits())),
+        Some(dir) => {
+            let journal = JournalConfig {
+                dir: dir.clone(),
+                fsync: config.fsync,
+                compact_after: config.compact_after,
+            };
+            match JournaledStore::open(config.store_limits(), journal, MemoryStore::clock_id()) {
+                Ok(store) => Box::new(store),
+                Err(e) => {
+                    eprintln!("mailboxd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let result = Server::new(*config, store).and_then(|mut server| server.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -223,7 +223,11 @@ impl Server {
             }
             self.fire_timers(now);
             self.settle(now);
-            self.commit();
+            // Results a store held for its commit (a journal's fsync) are
+            // ready after it, and settling them may store more.
+            while self.store.commit() {
+                self.settle(now);
+            }
             self.flush(now);
             let closed = self.reap(now);
             self.retry_accepts(now, closed > 0);
@@ -240,14 +244,6 @@ impl Server {
                 return;
             }
             self.answer_polls(now);
-        }
-    }
-
-    /// Makes what this turn stored durable (or shared) before any reply or
-    /// message is written, once per turn, as Redis does before it sleeps.
-    fn commit(&mut self) {
-        if let Err(e) = self.store.commit() {
-            log::error!("the store could not commit this turn's changes: {e}");
         }
     }
 

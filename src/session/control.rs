@@ -382,6 +382,7 @@ fn store_error(e: StoreError) -> ControlError {
     let code = match e {
         StoreError::NotFound => ErrorCode::NotFound,
         StoreError::TooManyMailboxes | StoreError::TooManyGroups => ErrorCode::Full,
+        StoreError::Unavailable => ErrorCode::Unavailable,
     };
     ControlError::new(code, e.to_string())
 }

@@ -32,8 +32,10 @@ use slab::Slab;
 
 use crate::message::{Message, Payload};
 
+mod journaled;
 mod replay;
 
+pub use journaled::{Fsync, JournalConfig, JournaledStore};
 pub use replay::{Replay, ReplayError};
 
 /// Names who waits for a store result; the store hands it back untouched.
@@ -173,12 +175,18 @@ pub enum StoreError {
     TooManyMailboxes,
     /// `max_groups` reached.
     TooManyGroups,
+    /// The store cannot keep anything right now (the journal cannot be
+    /// written); nothing was stored.
+    Unavailable,
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StoreError::NotFound => "no such mailbox",
+            StoreError::Unavailable => {
+                "storage unavailable: the journal cannot be written; nothing was stored"
+            }
             StoreError::TooManyMailboxes => "mailbox limit reached (max-mailboxes)",
             StoreError::TooManyGroups => "group limit reached (max-groups)",
         })
@@ -301,10 +309,11 @@ pub trait MailboxStore {
     /// Totals for `STATS`.
     fn stats(&self) -> StoreStats;
     /// Makes everything done since the last call durable or shared; the loop
-    /// calls it once per turn, before any reply or message is written. The
-    /// in-memory store has nothing to do.
-    fn commit(&mut self) -> Result<(), StoreError> {
-        Ok(())
+    /// calls it once per turn, before any reply or message is written (and
+    /// again while it returns true: results it held until now are ready to
+    /// be taken). The in-memory store has nothing to do.
+    fn commit(&mut self) -> bool {
+        false
     }
 }
 
@@ -340,10 +349,29 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store whose ids start at the wall clock in microseconds.
     pub fn starting_now(limits: StoreLimits) -> MemoryStore {
-        let first_id = SystemTime::now()
+        MemoryStore::new(limits, MemoryStore::clock_id())
+    }
+
+    /// After recovery: ids continue above both the recovered ones and
+    /// `first_id`. When the journal was damaged, what followed the damage
+    /// may be lost, so every mailbox's horizon (and a new one's) is raised
+    /// to the last id recovered: clients resuming from before it get a gap.
+    pub fn resume_ids(&mut self, first_id: u64, damaged: bool) {
+        if damaged {
+            let last = self.last_id;
+            self.discarded = self.discarded.max(last);
+            for (_, mb) in self.mailboxes.iter_mut() {
+                mb.horizon = mb.horizon.max(last.min(mb.last_id()));
+            }
+        }
+        self.last_id = self.last_id.max(first_id.saturating_sub(1));
+    }
+
+    /// The wall clock in microseconds: where ids start when nothing is known.
+    pub fn clock_id() -> u64 {
+        SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
-        MemoryStore::new(limits, first_id)
+            .map_or(1, |d| d.as_micros() as u64)
     }
 
     /// An empty store whose first message id will be `first_id`.
@@ -385,6 +413,27 @@ impl MemoryStore {
 
 /// The commands, carried out at once (what [`MailboxStore::submit`] runs).
 impl MemoryStore {
+    /// Removes every mailbox whose idle time has reached the TTL; returns their names.
+    pub fn expire_names(&mut self, now: SystemTime) -> Vec<Rc<str>> {
+        let mut expired = Vec::new();
+        while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
+            if at > now {
+                break;
+            }
+            self.expiry.pop();
+            let current = self
+                .mailboxes
+                .get(key)
+                .is_some_and(|m| m.idle_gen == generation && !m.watched && m.idle_since.is_some());
+            if current {
+                expired.push(self.mailboxes[key].name.clone());
+                self.remove(key);
+                self.expired += 1;
+            }
+        }
+        expired
+    }
+
     /// Finds or creates a mailbox for a client that is opening it, and
     /// returns its name as the store keeps it. Clients may create mailboxes
     /// only while the table is below [`BACKEND_RESERVE_PERCENT`] of its limit.
@@ -622,23 +671,7 @@ impl MailboxStore for MemoryStore {
     }
 
     fn expire(&mut self, now: SystemTime) -> usize {
-        let mut count = 0;
-        while let Some(&Reverse((at, key, generation))) = self.expiry.peek() {
-            if at > now {
-                break;
-            }
-            self.expiry.pop();
-            let current = self
-                .mailboxes
-                .get(key)
-                .is_some_and(|m| m.idle_gen == generation && !m.watched && m.idle_since.is_some());
-            if current {
-                self.remove(key);
-                self.expired += 1;
-                count += 1;
-            }
-        }
-        count
+        self.expire_names(now).len()
     }
 
     fn next_deadline(&self) -> Option<SystemTime> {

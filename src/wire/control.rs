@@ -267,6 +267,8 @@ pub enum ErrorCode {
     Frame,
     /// `TOKEN` without `--secret-file`.
     NoSecret,
+    /// The store cannot keep anything right now; nothing was stored.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -285,6 +287,7 @@ impl ErrorCode {
             ErrorCode::Line => "LINE",
             ErrorCode::Frame => "FRAME",
             ErrorCode::NoSecret => "NOSECRET",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 }
