@@ -354,7 +354,7 @@ impl Server {
         let s = self.store.stats();
         let c = &self.conns.counters;
         format!(
-            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={} retained_bytes={}",
+            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={} retained_bytes={} journal_syncs={} journal_bytes={} snapshots={}",
             self.clients,
             self.subscribers.total(),
             s.mailboxes,
@@ -373,6 +373,9 @@ impl Server {
             c.accept_errors,
             c.control_evicted,
             s.retained_bytes,
+            s.journal_syncs,
+            s.journal_bytes,
+            s.snapshots,
         )
     }
 }

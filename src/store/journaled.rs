@@ -118,6 +118,10 @@ pub struct JournaledStore {
     unsynced: bool,
     last_sync: Instant,
     compaction: Option<Compaction>,
+    /// For `STATS`: syncs, bytes written and snapshots since start.
+    syncs: u64,
+    bytes_written: u64,
+    snapshots: u64,
 }
 
 fn name(dir: &Path, kind: &str, generation: u64) -> PathBuf {
@@ -347,6 +351,9 @@ impl JournaledStore {
             unsynced: false,
             last_sync: Instant::now(),
             compaction: None,
+            syncs: 0,
+            bytes_written: 0,
+            snapshots: 0,
         })
     }
 
@@ -367,6 +374,7 @@ impl JournaledStore {
         if !self.pending.is_empty() {
             self.file.write_all(&self.pending)?;
             self.journal_bytes += self.pending.len() as u64;
+            self.bytes_written += self.pending.len() as u64;
             self.pending.clear();
             self.unsynced = true;
         }
@@ -379,6 +387,7 @@ impl JournaledStore {
             self.file.sync_data()?;
             self.unsynced = false;
             self.last_sync = Instant::now();
+            self.syncs += 1;
         }
         Ok(())
     }
@@ -397,6 +406,7 @@ impl JournaledStore {
             let ok = done == c.pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
             let snapshot = name(&self.config.dir, "snapshot", c.generation);
             if ok && snapshot.exists() {
+                self.snapshots += 1;
                 self.snapshot_bytes = std::fs::metadata(&snapshot).map_or(0, |m| m.len());
                 for kind in ["snapshot", "journal"] {
                     for g in generations(&self.config.dir, kind).unwrap_or_default() {
@@ -614,7 +624,12 @@ impl MailboxStore for JournaledStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.stats()
+        StoreStats {
+            journal_syncs: self.syncs,
+            journal_bytes: self.bytes_written,
+            snapshots: self.snapshots,
+            ..self.inner.stats()
+        }
     }
 
     fn commit(&mut self) -> bool {

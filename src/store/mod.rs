@@ -225,6 +225,12 @@ pub struct StoreStats {
     pub expired: u64,
     /// What the retained messages cost, in bytes (see [`Payload::cost`]).
     pub retained_bytes: usize,
+    /// Journal syncs since start (0 without a state dir).
+    pub journal_syncs: u64,
+    /// Journal bytes written since start.
+    pub journal_bytes: u64,
+    /// Snapshots written since start.
+    pub snapshots: u64,
 }
 
 /// What a (re)connecting client should be sent before live messages.
@@ -687,6 +693,7 @@ impl MailboxStore for MemoryStore {
             evicted: self.evicted,
             expired: self.expired,
             retained_bytes: self.memory,
+            ..StoreStats::default()
         }
     }
 }
