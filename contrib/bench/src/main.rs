@@ -29,7 +29,8 @@ use sse::Target;
 fn usage() -> ! {
     eprintln!(
         "usage:
-  mbx-bench pipeline --control PATH [--count N] [--mailboxes M] [--size BYTES]
+  mbx-bench pipeline --control PATH [--count N] [--mailboxes M] [--size BYTES] [--depth D]
+                     [--connections C] [--first I]
   mbx-bench token [--count N]
   mbx-bench hold --addr HOST:PORT --prefix /comet/ [--first K] [--n N] [--timeout SECS]
   mbx-bench fanout --target mailboxd|nchan --addr HOST:PORT --prefix PATH
@@ -131,11 +132,19 @@ fn pipeline(args: &Args) {
     let count = args.num("count", 200_000) as usize;
     let mailboxes = args.num("mailboxes", 1000) as usize;
     let size = args.num("size", 32) as usize;
+    let depth = args.num("depth", 0) as usize;
+    let first = args.num("first", 0) as usize;
     let payload = "x".repeat(size);
     let start = Instant::now();
-    let errors = send_pipelined(&path, count, move |i| {
-        (format!("p{}", i % mailboxes), payload.clone())
-    });
+    let connections = args.num("connections", 1) as usize;
+    let make = move |i: usize| (format!("p{}", (first + i) % mailboxes), payload.clone());
+    let errors = if connections > 1 {
+        send_on_many(&path, count, connections, depth.max(1), make)
+    } else if depth == 0 {
+        send_pipelined(&path, count, make)
+    } else {
+        send_in_windows(&path, count, depth, make)
+    };
     let secs = start.elapsed().as_secs_f64();
     println!(
         "pipeline sends={count} errors={errors} secs={secs:.3} rate={:.0}",
@@ -176,6 +185,135 @@ fn send_pipelined(
         }
     }
     sender.join().unwrap();
+    errors
+}
+
+/// Sends `count` SENDs `depth` at a time: write a window, read its replies,
+/// repeat (what `redis-benchmark -P depth` does). Returns ERR replies.
+fn send_in_windows(
+    path: &str,
+    count: usize,
+    depth: usize,
+    make: impl Fn(usize) -> (String, String),
+) -> usize {
+    let stream = UnixStream::connect(path).expect("connect control socket");
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let mut line = String::new();
+    let mut errors = 0;
+    let mut batch = Vec::with_capacity(depth * 64);
+    let mut sent = 0;
+    while sent < count {
+        let window = depth.min(count - sent);
+        batch.clear();
+        for i in sent..sent + window {
+            let (mailbox, payload) = make(i);
+            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
+        }
+        writer.write_all(&batch).unwrap();
+        for _ in 0..window {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if !line.starts_with("OK ") {
+                errors += 1;
+            }
+        }
+        sent += window;
+    }
+    errors
+}
+
+/// Sends `count` SENDs over `connections` control connections from one
+/// thread, `depth` in flight on each (what `redis-benchmark -c N -P depth`
+/// does): a connection writes its next window once the last is answered.
+fn send_on_many(
+    path: &str,
+    count: usize,
+    connections: usize,
+    depth: usize,
+    make: impl Fn(usize) -> (String, String),
+) -> usize {
+    use mio::net::UnixStream as MioUnix;
+    use mio::{Events, Interest, Poll, Token};
+    struct Conn {
+        stream: MioUnix,
+        waiting: usize,
+        partial: Vec<u8>,
+    }
+    let mut poll = Poll::new().unwrap();
+    let mut conns: Vec<Conn> = (0..connections)
+        .map(|i| {
+            let std = UnixStream::connect(path).expect("connect control socket");
+            std.set_nonblocking(true).unwrap();
+            let mut stream = MioUnix::from_std(std);
+            poll.registry()
+                .register(&mut stream, Token(i), Interest::READABLE)
+                .unwrap();
+            Conn {
+                stream,
+                waiting: 0,
+                partial: Vec::new(),
+            }
+        })
+        .collect();
+    let (mut next, mut answered, mut errors) = (0, 0, 0);
+    let mut send_window = |c: &mut Conn, next: &mut usize| {
+        let window = depth.min(count - *next);
+        let mut batch = Vec::with_capacity(window * 48);
+        for i in *next..*next + window {
+            let (mailbox, payload) = make(i);
+            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
+        }
+        *next += window;
+        c.waiting = window;
+        // Blocking semantics for the write: a window is small.
+        let mut written = 0;
+        while written < batch.len() {
+            match c.stream.write(&batch[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+    };
+    for c in conns.iter_mut() {
+        if next < count {
+            send_window(c, &mut next);
+        }
+    }
+    let mut events = Events::with_capacity(256);
+    let mut buf = vec![0u8; 1 << 16];
+    while answered < count {
+        poll.poll(&mut events, Some(Duration::from_secs(30))).unwrap();
+        assert!(!events.is_empty(), "no reply within 30 s");
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => panic!("server closed a control connection"),
+                    Ok(n) => {
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                if !c.partial.starts_with(b"OK ") {
+                                    errors += 1;
+                                }
+                                c.partial.clear();
+                                c.waiting -= 1;
+                                answered += 1;
+                            } else if c.partial.len() < 3 {
+                                c.partial.push(b);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            if c.waiting == 0 && next < count {
+                send_window(c, &mut next);
+            }
+        }
+    }
     errors
 }
 
