@@ -257,7 +257,7 @@ fn send_on_many(
         })
         .collect();
     let (mut next, mut answered, mut errors) = (0, 0, 0);
-    let mut send_window = |c: &mut Conn, next: &mut usize| {
+    let send_window = |c: &mut Conn, next: &mut usize| {
         let window = depth.min(count - *next);
         let mut batch = Vec::with_capacity(window * 48);
         for i in *next..*next + window {
