@@ -333,3 +333,53 @@ fn compaction_under_load_keeps_the_stream_and_the_state() {
     assert_eq!(ids.len(), 50);
     assert_eq!(*ids.last().unwrap(), last_id);
 }
+
+#[test]
+fn kill_9_while_compactions_come_and_go_loses_no_acknowledged_message() {
+    let state = TempDir::new("state");
+    let flags = [
+        "--compact-after",
+        "50000",
+        "--retain",
+        "100000",
+        "--retain-bytes",
+        "100000000",
+    ];
+    let mut acked: Vec<u64> = Vec::new();
+    for round in 0..4 {
+        let srv = start(state.path(), &flags);
+        if round > 0 {
+            assert_eq!(
+                retained_ids(&srv, "crash"),
+                acked,
+                "round {round}: every OK so far, in order"
+            );
+        }
+        let mut ctl = srv.ctl();
+        // Kill at a different point of the compaction cycle each round.
+        for i in 0..(700 + round * 333) {
+            acked.push(ctl.send("crash", &format!("{round}-{i:0>40}")).0);
+        }
+        signal(srv.child.id(), "KILL");
+        let mut srv = srv;
+        let _ = srv.child.wait();
+    }
+    let srv = start(state.path(), &flags);
+    assert_eq!(retained_ids(&srv, "crash"), acked);
+    let compacted = std::fs::read_dir(state.path()).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("snapshot-")
+    });
+    assert!(compacted, "the rounds crossed compactions");
+}
+
+#[test]
+fn a_fresh_state_dir_vouches_for_nothing_before_it() {
+    let state = TempDir::new("state");
+    let srv = start(state.path(), &[]);
+    // An id from a memory-only run before: the client is told of a gap.
+    let (_, _, body) = get(srv.port, "/comet/new?transport=poll&since=1");
+    assert!(body.contains("\"gap\":true"), "{body}");
+}

@@ -307,7 +307,7 @@ impl JournaledStore {
             records += loaded.records;
         }
         inner.finish_recovery(now);
-        inner.resume_ids(first_id, damaged);
+        inner.resume_ids(first_id, records == 0, damaged);
         // Older generations are leftovers of a compaction that finished.
         for kind in ["snapshot", "journal"] {
             for g in generations(dir, kind).unwrap_or_default() {
@@ -465,6 +465,16 @@ impl JournaledStore {
             return;
         }
         if pid == 0 {
+            // The child needs none of the parent's descriptors: holding the
+            // listeners, the clients or the state lock would keep a
+            // restarted mailboxd from binding or locking while it writes.
+            // SAFETY: close_range only closes descriptors of this process.
+            if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) } != 0 {
+                for fd in 3..4096 {
+                    // SAFETY: as above, one descriptor at a time.
+                    unsafe { libc::close(fd) };
+                }
+            }
             let code = match self.write_snapshot(&dir, generation) {
                 Ok(()) => 0,
                 Err(_) => 1,

@@ -359,10 +359,15 @@ impl MemoryStore {
     }
 
     /// After recovery: ids continue above both the recovered ones and
-    /// `first_id`. When the journal was damaged, what followed the damage
+    /// `first_id`. A state directory with nothing in it vouches for nothing
+    /// before this start (ids a memory-only run gave out), as the in-memory
+    /// store does. When the journal was damaged, what followed the damage
     /// may be lost, so every mailbox's horizon (and a new one's) is raised
     /// to the last id recovered: clients resuming from before it get a gap.
-    pub fn resume_ids(&mut self, first_id: u64, damaged: bool) {
+    pub fn resume_ids(&mut self, first_id: u64, fresh: bool, damaged: bool) {
+        if fresh {
+            self.discarded = self.discarded.max(first_id.saturating_sub(1));
+        }
         if damaged {
             let last = self.last_id;
             self.discarded = self.discarded.max(last);
