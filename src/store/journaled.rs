@@ -112,6 +112,9 @@ pub struct JournaledStore {
     clock: SystemTime,
     /// Results of this turn, released once their records are committed.
     held: VecDeque<Completion>,
+    /// Whether a held result acknowledges a change (its record must be on
+    /// disk first); results that changed nothing need no sync.
+    held_changes: bool,
     /// Results ready to be taken.
     ready: VecDeque<Completion>,
     /// Written but not yet synced.
@@ -347,6 +350,7 @@ impl JournaledStore {
             pending: Vec::new(),
             clock: now,
             held: VecDeque::new(),
+            held_changes: false,
             ready: VecDeque::new(),
             unsynced: false,
             last_sync: Instant::now(),
@@ -536,6 +540,10 @@ impl MailboxStore for JournaledStore {
         };
         self.inner.submit(ticket, op, now);
         while let Some((ticket, result)) = self.inner.next_completion() {
+            self.held_changes |= matches!(
+                result,
+                Ok(Done::Sent(_) | Done::Published(_) | Done::GroupSize(_) | Done::Dropped(_))
+            );
             match &result {
                 Ok(Done::Sent(d)) => self.record(&Record::Message {
                     mailbox: &d.mailbox,
@@ -643,7 +651,7 @@ impl MailboxStore for JournaledStore {
     }
 
     fn commit(&mut self) -> bool {
-        let must_sync = !self.held.is_empty();
+        let must_sync = std::mem::take(&mut self.held_changes);
         match self.write_out(must_sync) {
             Ok(()) => self.ready.extend(self.held.drain(..)),
             Err(e) => {
