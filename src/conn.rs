@@ -203,8 +203,11 @@ pub struct ControlState {
     pub resolved: u32,
     /// Replies not yet written, in request order. The store completes one
     /// connection's commands in order, so the next result is always for
-    /// the first `Waiting` one, at `resolved` or after known replies.
-    pub pending: Vec<PendingReply>,
+    /// the first `Waiting` one, at `resolved` or after known replies. Boxed:
+    /// control connections are few, and this keeps [`Session`] (the size of
+    /// every client connection) at 72 bytes.
+    #[allow(clippy::box_collection)]
+    pub pending: Box<Vec<PendingReply>>,
     /// When the backend last sent something: the idle connection with the
     /// oldest is closed first when the control limit is reached.
     pub last_active: Instant,
@@ -217,7 +220,7 @@ impl ControlState {
             inbuf: Vec::new(),
             skip: 0,
             resolved: 0,
-            pending: Vec::new(),
+            pending: Box::default(),
             last_active: now,
         }
     }
@@ -868,5 +871,19 @@ impl Conns {
         }
         self.counters.written += 1;
         Outcome::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every parked client is one `Conn`: its size is the largest part of
+    /// the idle cost per subscriber (docs/performance.md), so growing it
+    /// must be a decision, not an accident.
+    #[test]
+    fn a_connection_stays_small() {
+        assert_eq!(std::mem::size_of::<Session>(), 72);
+        assert_eq!(std::mem::size_of::<Conn>(), 160);
     }
 }

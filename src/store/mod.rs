@@ -260,10 +260,9 @@ struct Mailbox {
     messages: VecDeque<Message>,
     bytes: usize,
     horizon: u64,
-    /// Whether this process has subscribers on it.
-    watched: bool,
     memberships: Vec<Membership>,
     /// Set while nobody is subscribed; the expiry clock runs from here.
+    /// `None`: watched (this process has subscribers on it).
     idle_since: Option<SystemTime>,
     /// Bumped on every idle transition so stale expiry entries are ignored.
     idle_gen: u64,
@@ -276,7 +275,17 @@ impl Mailbox {
 
     /// Nothing keeps it: no message, no group, no subscriber.
     fn is_unused(&self) -> bool {
-        self.messages.is_empty() && self.memberships.is_empty() && !self.watched
+        self.holds_nothing() && !self.watched()
+    }
+
+    /// No message and no group (whether watched or not).
+    fn holds_nothing(&self) -> bool {
+        self.messages.is_empty() && self.memberships.is_empty()
+    }
+
+    /// This process has subscribers on it (no idle clock runs).
+    fn watched(&self) -> bool {
+        self.idle_since.is_none()
     }
 }
 
@@ -435,7 +444,7 @@ impl MemoryStore {
             let current = self
                 .mailboxes
                 .get(key)
-                .is_some_and(|m| m.idle_gen == generation && !m.watched && m.idle_since.is_some());
+                .is_some_and(|m| m.idle_gen == generation && !m.watched());
             if current {
                 expired.push(self.mailboxes[key].name.clone());
                 self.remove(key);
@@ -663,7 +672,6 @@ impl MailboxStore for MemoryStore {
     fn watch(&mut self, name: &str) {
         if let Some(&key) = self.mailbox_index.get(name) {
             let mb = &mut self.mailboxes[key];
-            mb.watched = true;
             mb.idle_since = None;
             mb.idle_gen = 0;
         }
@@ -673,11 +681,10 @@ impl MailboxStore for MemoryStore {
         let Some(&key) = self.mailbox_index.get(name) else {
             return;
         };
-        self.mailboxes[key].watched = false;
-        if self.mailboxes[key].is_unused() {
+        if self.mailboxes[key].holds_nothing() {
             self.remove(key);
         } else {
-            self.go_idle_if_unwatched(key, now);
+            self.start_idle(key, now);
         }
     }
 
@@ -719,13 +726,12 @@ impl MemoryStore {
             messages: VecDeque::new(),
             bytes: 0,
             horizon: self.discarded,
-            watched: false,
             memberships: Vec::new(),
             idle_since: None,
             idle_gen: 0,
         });
         self.mailbox_index.insert(name, key);
-        self.go_idle_if_unwatched(key, now);
+        self.start_idle(key, now);
         Ok(key)
     }
 
@@ -742,13 +748,11 @@ impl MemoryStore {
         Delivery { mailbox, message }
     }
 
-    /// Starts the expiry clock of a mailbox that has just lost its last subscriber.
-    fn go_idle_if_unwatched(&mut self, key: usize, now: SystemTime) {
+    /// Starts the expiry clock of a mailbox (new, or just left by its last
+    /// subscriber) at `now`.
+    fn start_idle(&mut self, key: usize, now: SystemTime) {
         let generation = self.bump_gen();
         let mailbox = &mut self.mailboxes[key];
-        if mailbox.watched {
-            return;
-        }
         mailbox.idle_since = Some(now);
         mailbox.idle_gen = generation;
         self.expiry

@@ -104,11 +104,10 @@ impl MemoryStore {
             }
             Record::Idle { mailbox, since_ms } => {
                 if let Some(&key) = self.mailbox_index.get(*mailbox) {
-                    self.mailboxes[key].watched = false;
-                    if self.mailboxes[key].is_unused() {
+                    if self.mailboxes[key].holds_nothing() {
                         self.remove(key);
                     } else {
-                        self.go_idle_if_unwatched(key, from_ms(*since_ms));
+                        self.start_idle(key, from_ms(*since_ms));
                     }
                 }
             }
@@ -117,7 +116,6 @@ impl MemoryStore {
                     .get_or_create(mailbox, now)
                     .map_err(|e| ReplayError(format!("mailbox {mailbox}: {e}")))?;
                 let mb = &mut self.mailboxes[key];
-                mb.watched = true;
                 mb.idle_since = None;
                 mb.idle_gen = 0;
             }
@@ -130,11 +128,10 @@ impl MemoryStore {
                     .get_or_create(mailbox, now)
                     .map_err(|e| ReplayError(format!("mailbox {mailbox}: {e}")))?;
                 self.mailboxes[key].horizon = *horizon;
-                let mb = &mut self.mailboxes[key];
-                mb.watched = *idle_since_ms == 0;
-                mb.idle_since = None;
-                if *idle_since_ms != 0 {
-                    self.go_idle_if_unwatched(key, from_ms(*idle_since_ms));
+                if *idle_since_ms == 0 {
+                    self.mailboxes[key].idle_since = None;
+                } else {
+                    self.start_idle(key, from_ms(*idle_since_ms));
                 }
             }
             Record::Copy {
@@ -171,15 +168,14 @@ impl MemoryStore {
         let watched: Vec<usize> = self
             .mailboxes
             .iter()
-            .filter(|(_, m)| m.watched)
+            .filter(|(_, m)| m.watched())
             .map(|(k, _)| k)
             .collect();
         for key in watched {
-            self.mailboxes[key].watched = false;
-            if self.mailboxes[key].is_unused() {
+            if self.mailboxes[key].holds_nothing() {
                 self.remove(key);
             } else {
-                self.go_idle_if_unwatched(key, now);
+                self.start_idle(key, now);
             }
         }
     }
@@ -192,7 +188,7 @@ impl MemoryStore {
                 &Record::Mailbox {
                     mailbox: &mb.name,
                     horizon: mb.horizon,
-                    idle_since_ms: if mb.watched {
+                    idle_since_ms: if mb.watched() {
                         0
                     } else {
                         mb.idle_since.map_or(1, ms).max(1)
