@@ -7,6 +7,10 @@ use mailboxd::server::Server;
 use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore};
 
 fn main() -> ExitCode {
+    // A file-size limit (or a full disk) must fail a journal write with an
+    // error the store reports, not kill the daemon with SIGXFSZ.
+    // SAFETY: setting a signal disposition before anything else runs.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();

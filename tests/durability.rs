@@ -383,3 +383,51 @@ fn a_fresh_state_dir_vouches_for_nothing_before_it() {
     let (_, _, body) = get(srv.port, "/comet/new?transport=poll&since=1");
     assert!(body.contains("\"gap\":true"), "{body}");
 }
+
+#[test]
+fn a_journal_that_cannot_be_written_answers_unavailable_never_ok() {
+    let state = TempDir::new("state");
+    let srv = start(state.path(), &[]);
+    let mut ctl = srv.ctl();
+    let kept: Vec<u64> = (0..5)
+        .map(|i| ctl.send("disk", &format!("k{i}")).0)
+        .collect();
+    // The disk fills up: no file may grow past its size now (the soft
+    // limit only, so that it can be lifted again).
+    let size = field(&ctl.cmd("STATS"), "journal_bytes").unwrap();
+    let limit = |bytes: &str| {
+        let ok = Command::new("prlimit")
+            .args([
+                "--pid",
+                &srv.child.id().to_string(),
+                &format!("--fsize={bytes}:"),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    limit(&size.to_string());
+    let first = ctl.cmd("SEND disk 4\nlost");
+    assert!(first.starts_with("ERR UNAVAILABLE"), "{first}");
+    for _ in 0..3 {
+        let refused = ctl.cmd("SEND disk 7\nrefused");
+        assert!(refused.starts_with("ERR UNAVAILABLE"), "{refused}");
+    }
+    assert!(ctl.cmd("INFO disk").starts_with("OK "), "reads still work");
+    assert!(srv.log().contains("changes are refused"));
+    // Room again: changes are accepted, and nothing refused was kept.
+    limit("unlimited");
+    let (after, _) = ctl.send("disk", "after");
+    let mut srv = srv;
+    assert_eq!(srv.terminate(), Some(0));
+    let srv = start(state.path(), &[]);
+    let ids = retained_ids(&srv, "disk");
+    assert_eq!(ids[..5], kept[..]);
+    assert_eq!(*ids.last().unwrap(), after);
+    assert!(
+        ids.len() <= 7,
+        "only the failing turn's own change may have been kept: {ids:?}"
+    );
+    assert!(!srv.log().contains("damaged"), "{}", srv.log());
+}

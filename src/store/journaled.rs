@@ -18,9 +18,12 @@
 //! released: one sync covers every command of the turn (group commit), and
 //! a backend's `OK` is never written before its record is on disk. Under
 //! `everysec` the sync happens at most once a second; under `never`, when
-//! the kernel likes. A failed write or sync turns the turn's results into
-//! `StoreError::Unavailable` (never a false `OK`) and keeps the buffer for
-//! the next turn.
+//! the kernel likes. A failed write or sync (a full disk) answers the
+//! turn's changes `StoreError::Unavailable`, never a false `OK`; from then
+//! on changes are refused without being applied, and each turn retries the
+//! unwritten records until they are on disk. (The failing turn's own
+//! changes are already in memory: they are kept and written by the retry,
+//! so a backend that sends them again may store them twice.)
 //!
 //! **Compaction.** When the current journal passes `--compact-after` bytes
 //! and is larger than the last snapshot, appends switch to `journal-(G+1)`
@@ -121,6 +124,9 @@ pub struct JournaledStore {
     unsynced: bool,
     last_sync: Instant,
     compaction: Option<Compaction>,
+    /// The last write failed: changes are refused, not applied, until a
+    /// retry of the unwritten records succeeds.
+    failing: bool,
     /// For `STATS`: syncs, bytes written and snapshots since start.
     syncs: u64,
     bytes_written: u64,
@@ -355,6 +361,7 @@ impl JournaledStore {
             unsynced: false,
             last_sync: Instant::now(),
             compaction: None,
+            failing: false,
             syncs: 0,
             bytes_written: 0,
             snapshots: 0,
@@ -376,7 +383,12 @@ impl JournaledStore {
     /// Writes the turn's records, and syncs them as `--fsync` asks.
     fn write_out(&mut self, must_sync: bool) -> io::Result<()> {
         if !self.pending.is_empty() {
-            self.file.write_all(&self.pending)?;
+            if let Err(e) = self.file.write_all(&self.pending) {
+                // Cut back to the last whole record, so that the retry does
+                // not land behind a torn one.
+                let _ = self.file.set_len(self.journal_bytes);
+                return Err(e);
+            }
             self.journal_bytes += self.pending.len() as u64;
             self.bytes_written += self.pending.len() as u64;
             self.pending.clear();
@@ -525,6 +537,16 @@ impl JournaledStore {
 impl MailboxStore for JournaledStore {
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime) {
         self.clock = now;
+        let changes = !matches!(op, Op::Members { .. } | Op::Info { .. } | Op::Open { .. });
+        if self.failing && changes && self.write_out(true).is_ok() {
+            log::warn!("journal writable again: changes are accepted");
+            self.failing = false;
+        }
+        if self.failing && changes {
+            // Nothing is applied that could not be kept.
+            self.held.push_back((ticket, Err(StoreError::Unavailable)));
+            return;
+        }
         // What the record needs of the command, before the store takes it.
         let publish = match &op {
             Op::Publish { group, except, .. } => Some((group.clone(), except.clone())),
@@ -651,19 +673,32 @@ impl MailboxStore for JournaledStore {
     }
 
     fn commit(&mut self) -> bool {
-        let must_sync = std::mem::take(&mut self.held_changes);
+        let must_sync = std::mem::take(&mut self.held_changes) || self.failing;
         match self.write_out(must_sync) {
-            Ok(()) => self.ready.extend(self.held.drain(..)),
+            Ok(()) => {
+                if self.failing {
+                    log::warn!("journal writable again: changes are accepted");
+                    self.failing = false;
+                }
+                self.ready.extend(self.held.drain(..));
+            }
             Err(e) => {
-                log::error!(
-                    "journal {}: {e}: this turn's commands answered UNAVAILABLE",
-                    name(&self.config.dir, "journal", self.generation).display()
-                );
-                self.ready.extend(
-                    self.held
-                        .drain(..)
-                        .map(|(t, _)| (t, Err(StoreError::Unavailable))),
-                );
+                if !self.failing {
+                    log::error!(
+                        "journal {}: {e}: changes are refused (ERR UNAVAILABLE) until it can be written",
+                        name(&self.config.dir, "journal", self.generation).display()
+                    );
+                }
+                self.failing = true;
+                // This turn's changes are in memory already and will be
+                // written with the next successful commit; their backends
+                // were not told OK, so they may send them again.
+                self.ready.extend(self.held.drain(..).map(|(t, r)| match r {
+                    Ok(
+                        Done::Sent(_) | Done::Published(_) | Done::GroupSize(_) | Done::Dropped(_),
+                    ) => (t, Err(StoreError::Unavailable)),
+                    other => (t, other),
+                }));
             }
         }
         self.compact();

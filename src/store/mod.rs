@@ -176,7 +176,7 @@ pub enum StoreError {
     /// `max_groups` reached.
     TooManyGroups,
     /// The store cannot keep anything right now (the journal cannot be
-    /// written); nothing was stored.
+    /// written): the command is not acknowledged.
     Unavailable,
 }
 
@@ -184,9 +184,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StoreError::NotFound => "no such mailbox",
-            StoreError::Unavailable => {
-                "storage unavailable: the journal cannot be written; nothing was stored"
-            }
+            StoreError::Unavailable => "storage unavailable: the journal cannot be written",
             StoreError::TooManyMailboxes => "mailbox limit reached (max-mailboxes)",
             StoreError::TooManyGroups => "group limit reached (max-groups)",
         })
