@@ -120,6 +120,9 @@ pub struct Config {
     /// How long unacknowledged data or keep-alive probes may go unanswered
     /// before a client TCP connection is declared dead.
     pub dead_peer_timeout: Duration,
+    /// Whether TCP client listeners set `SO_REUSEPORT`, so that several
+    /// instances on one host share a port and the kernel spreads clients.
+    pub reuse_port: bool,
     /// Where the journal and snapshots live; `None` keeps everything in memory.
     pub state_dir: Option<PathBuf>,
     /// When the journal is synced to disk.
@@ -173,6 +176,7 @@ impl Default for Config {
             max_memory: 1 << 30,
             // With the 20 s heartbeat a vanished peer is gone within a minute.
             dead_peer_timeout: Duration::from_secs(30),
+            reuse_port: false,
             state_dir: None,
             fsync: Fsync::Always,
             // Large enough that compaction is rare under steady load, small
@@ -270,6 +274,7 @@ struct Settings {
     gateway_allow: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    reuse_port: Option<bool>,
     fsync: Option<String>,
     compact_after: Option<u64>,
     max_memory: Option<usize>,
@@ -331,6 +336,9 @@ impl Settings {
         }
         if self.state_dir.is_some() {
             config.state_dir = self.state_dir;
+        }
+        if let Some(reuse) = self.reuse_port {
+            config.reuse_port = reuse;
         }
         if let Some(fsync) = &self.fsync {
             config.fsync = Fsync::parse(fsync)?;
@@ -423,6 +431,8 @@ Listeners:
                            that the web server's group can connect [default: from umask]
   --gateway-allow LIST     address blocks allowed on FastCGI/SCGI TCP listeners,
                            comma-separated, repeatable [default: 127.0.0.0/8,::1/128]
+  --reuse-port             let several mailboxd processes on this host listen on the same
+                           TCP ports (SO_REUSEPORT); the kernel spreads connections
   --config FILE            read settings from a TOML file (keys = flag names);
                            flags given on the command line win
 
@@ -493,6 +503,10 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
         }
         if name == "version" {
             return Ok(Command::Version);
+        }
+        if name == "reuse-port" {
+            cli.reuse_port = Some(true);
+            continue;
         }
         let value: String = parser.value().map_err(err)?.string().map_err(err)?;
         let int = |v: &str| {
@@ -688,14 +702,17 @@ mod tests {
             let err = run(args).unwrap_err();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
+        assert!(run(&["--reuse-port"]).unwrap().reuse_port);
+        assert!(!run(&[]).unwrap().reuse_port);
         let s = parse_toml(
-            "control-allow = [\"gid:33\"]\ngateway-allow = [\"::1\"]\nsecret-file = \"/k\"\n",
+            "control-allow = [\"gid:33\"]\ngateway-allow = [\"::1\"]\nsecret-file = \"/k\"\nreuse-port = true\n",
         )
         .unwrap();
         let mut c = Config::default();
         s.apply(&mut c).unwrap();
         assert_eq!(c.control_allow, vec![Credential::Gid(33)]);
         assert_eq!(c.secret_file, Some(PathBuf::from("/k")));
+        assert!(c.reuse_port);
     }
 
     #[test]

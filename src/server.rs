@@ -167,7 +167,8 @@ impl Server {
                     .map(|a| (Kind::Scgi, a, config.socket_mode)),
             );
         for (i, (kind, addr, mode)) in wanted.enumerate() {
-            let mut socket = bind(addr, mode)
+            let reuse_port = config.reuse_port && kind != Kind::Control;
+            let mut socket = bind(addr, mode, reuse_port)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
@@ -673,9 +674,21 @@ impl Server {
 /// replaced, but one that a live process still answers on is an error. A
 /// Unix socket with a `mode` is created under a umask that lets nobody else
 /// in, then given its mode, so it is never more open than asked, whatever
-/// the process umask.
-fn bind(addr: &ListenAddr, mode: Option<u32>) -> io::Result<ListenSocket> {
+/// the process umask. With `reuse_port`, a TCP listener sets `SO_REUSEPORT`
+/// before binding, so other mailboxd processes can bind the same port and
+/// the kernel spreads new connections over them.
+fn bind(addr: &ListenAddr, mode: Option<u32>, reuse_port: bool) -> io::Result<ListenSocket> {
     let socket = match addr {
+        ListenAddr::Tcp(a) if reuse_port => {
+            use socket2::{Domain, Socket as RawSocket, Type};
+            let raw = RawSocket::new(Domain::for_address(*a), Type::STREAM, None)?;
+            raw.set_reuse_address(true)?;
+            raw.set_reuse_port(true)?;
+            raw.set_nonblocking(true)?;
+            raw.bind(&(*a).into())?;
+            raw.listen(LISTEN_BACKLOG)?;
+            ListenSocket::Tcp(TcpListener::from_std(raw.into()))
+        }
         ListenAddr::Tcp(a) => ListenSocket::Tcp(TcpListener::bind(*a)?),
         ListenAddr::Unix(path) => {
             remove_stale_socket(path)?;
