@@ -178,6 +178,8 @@ pub struct Exchange {
     pub since: u64,
     /// The next heartbeat (streams) or the end of the hold (long-poll).
     pub timer: TimerId,
+    /// Long-poll: a message reached it this turn, and it is on the answer list.
+    pub woken: bool,
 }
 
 /// A control command's reply, held in request order until it can be written.
@@ -716,6 +718,9 @@ pub struct Conns {
     pub closing: Vec<usize>,
     /// Long-poll requests to answer at the end of the turn.
     pub answers: Vec<(usize, u16)>,
+    /// The messages fanned out to held long-polls this turn, in order: their
+    /// answers are made of them.
+    pub woken: Vec<(usize, u16, Message)>,
     /// Reused encoding space.
     pub scratch: Vec<Chunk>,
     /// Counters.
@@ -860,8 +865,14 @@ impl Conns {
             return Outcome::Failed;
         };
         if ex.transport == Transport::Poll {
-            self.answers.push((key, rid));
-            return Outcome::Done;
+            // It stays subscribed until the end of the turn, so that every
+            // message of the turn goes into its one answer.
+            if !ex.woken {
+                ex.woken = true;
+                self.answers.push((key, rid));
+            }
+            self.woken.push((key, rid, msg.clone()));
+            return Outcome::Keep;
         }
         ex.transport.message(msg, &mut self.scratch);
         conn.push_body(rid, &mut self.scratch);

@@ -23,10 +23,8 @@ pub struct SubscriberId(pub u64);
 /// What the caller did with a message handed to one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written; the subscriber stays for more.
+    /// Taken (written, or kept for a long-poll's answer); it stays for more.
     Keep,
-    /// Written, and that request is now complete (a long-poll answer): detach it.
-    Done,
     /// Could not be written (the connection is over its output cap): detach it.
     Failed,
 }
@@ -142,8 +140,7 @@ impl Subscribers {
     }
 
     /// Hands `msg` to each subscriber of `mailbox` through `deliver`, and
-    /// detaches those for which it answers [`Outcome::Done`] or
-    /// [`Outcome::Failed`].
+    /// detaches those for which it answers [`Outcome::Failed`].
     pub fn fan_out(
         &mut self,
         mailbox: &str,
@@ -161,10 +158,6 @@ impl Subscribers {
             Outcome::Keep => {
                 live += 1;
                 true
-            }
-            Outcome::Done => {
-                live += 1;
-                false
             }
             Outcome::Failed => false,
         };
@@ -237,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn fan_out_detaches_done_and_failed() {
+    fn fan_out_detaches_the_failed() {
         let mut r = Subscribers::new(16);
         let a: Rc<str> = Rc::from("a");
         for i in 1..=4 {
@@ -247,8 +240,7 @@ mod tests {
         let f = r.fan_out("a", &msg(), &mut |s, _| {
             seen.push(s.0);
             match s.0 {
-                1 => Outcome::Done,
-                2 => Outcome::Failed,
+                1 | 2 => Outcome::Failed,
                 _ => Outcome::Keep,
             }
         });
@@ -257,16 +249,16 @@ mod tests {
         assert_eq!(
             f,
             FanOut {
-                live: 3,
+                live: 2,
                 emptied: false
             }
         );
         assert_eq!((r.count("a"), r.total()), (2, 2));
-        let f = r.fan_out("a", &msg(), &mut |_, _| Outcome::Done);
+        let f = r.fan_out("a", &msg(), &mut |_, _| Outcome::Failed);
         assert_eq!(
             f,
             FanOut {
-                live: 2,
+                live: 0,
                 emptied: true
             }
         );

@@ -10,10 +10,12 @@
 //! here knows a wire format beyond asking the connection to frame a head or a
 //! body, which is what lets every gateway share it.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
 use crate::conn::{Close, Exchange, Next, Opening, ReadEnd, Session, sub_id};
+use crate::message::Message;
 use crate::outbuf::Chunk;
 use crate::request::{Head, HttpStatus, Rejection, Route};
 use crate::server::Server;
@@ -229,6 +231,7 @@ impl Server {
                     transport: Transport::Poll,
                     since,
                     timer: TimerId::NONE,
+                    woken: false,
                 },
             );
             log::debug!(
@@ -249,6 +252,7 @@ impl Server {
                 transport,
                 since: 0,
                 timer: TimerId::NONE,
+                woken: false,
             },
         );
         let scratch = &mut self.conns.scratch;
@@ -302,7 +306,7 @@ impl Server {
             return;
         }
         if ex.transport == Transport::Poll {
-            self.answer_poll(key, rid, now);
+            self.answer_poll(key, rid, &[], now);
             return;
         }
         let transport = ex.transport;
@@ -316,14 +320,22 @@ impl Server {
 
     /// Answers every long-poll that a delivery or a `DROP` woke this turn.
     pub(crate) fn answer_polls(&mut self, now: Instant) {
+        let mut woken: HashMap<(usize, u16), Vec<Message>> = HashMap::new();
+        for (key, rid, msg) in self.conns.woken.drain(..) {
+            woken.entry((key, rid)).or_default().push(msg);
+        }
         while let Some((key, rid)) = self.conns.answers.pop() {
-            self.answer_poll(key, rid, now);
+            let messages = woken.remove(&(key, rid)).unwrap_or_default();
+            self.answer_poll(key, rid, &messages, now);
         }
     }
 
-    /// Answers a held long-poll with what its mailbox has after `since`
-    /// (nothing, on a timeout or after a `DROP`).
-    pub(crate) fn answer_poll(&mut self, key: usize, rid: u16, now: Instant) {
+    /// Answers a held long-poll with the messages fanned out to it this turn
+    /// (none, on a timeout or after a `DROP`). While it was held, every
+    /// message its mailbox got reached it, so nothing else is missing and
+    /// nothing is read back from the store; an answer that would be too
+    /// large stops early, and the next poll gets the rest from retention.
+    pub(crate) fn answer_poll(&mut self, key: usize, rid: u16, messages: &[Message], now: Instant) {
         let Some(ex) = self.conns.open_exchange(key, rid) else {
             return;
         };
@@ -333,10 +345,7 @@ impl Server {
         let (mailbox, since) = (ex.mailbox.clone(), ex.since);
         self.unsubscribe(&mailbox, sub_id(key, rid), now);
         let limit = self.config.max_output / 2;
-        let body = match self.store.backlog(&mailbox, Some(since)) {
-            Some(b) => poll_body(b.messages.iter(), b.last_id.max(since), b.gap, limit),
-            None => poll_body(std::iter::empty(), since, false, limit),
-        };
+        let body = poll_body(messages.iter(), since, false, limit);
         self.send_answer(key, rid, body, now);
         if matches!(
             self.conns.slab.get(key).map(|c| &c.session),

@@ -48,8 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::replay::Replay;
 use super::{
-    Backlog, Completion, Done, MailboxStore, MemoryStore, Op, StoreError, StoreLimits, StoreStats,
-    Ticket,
+    Completion, Done, MailboxStore, MemoryStore, Op, StoreError, StoreLimits, StoreStats, Ticket,
 };
 use crate::wire::Status;
 use crate::wire::journal::{self, Record};
@@ -613,10 +612,6 @@ impl MailboxStore for JournaledStore {
 
     fn release(&mut self, name: &str) {
         self.inner.release(name);
-    }
-
-    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog> {
-        self.inner.backlog(name, resume)
     }
 
     fn watch(&mut self, name: &str) {

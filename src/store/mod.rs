@@ -307,9 +307,6 @@ pub trait MailboxStore {
     /// (an answered long-poll): a mailbox that holds nothing, belongs to no
     /// group and is not watched disappears.
     fn release(&mut self, name: &str);
-    /// What a client resuming after `resume` (or from the start, for `None`)
-    /// must be sent; `None` when the mailbox is gone.
-    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog>;
     /// The mailbox gained its first local subscriber: it does not expire.
     fn watch(&mut self, name: &str);
     /// The mailbox lost its last local subscriber: its expiry clock starts,
@@ -431,6 +428,24 @@ impl MemoryStore {
 
 /// The commands, carried out at once (what [`MailboxStore::submit`] runs).
 impl MemoryStore {
+    /// What a client resuming after `resume` (or from the start, for `None`)
+    /// must be sent; `None` when the mailbox is gone.
+    pub fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog> {
+        let mb = &self.mailboxes[*self.mailbox_index.get(name)?];
+        let (gap, start) = match resume {
+            None => (false, 0),
+            Some(after) => (
+                after < mb.horizon,
+                mb.messages.partition_point(|m| m.id <= after),
+            ),
+        };
+        Some(Backlog {
+            gap,
+            oldest: mb.messages.front().map(|m| m.id),
+            messages: mb.messages.range(start..).cloned().collect(),
+            last_id: mb.last_id(),
+        })
+    }
     /// Removes every mailbox whose idle time has reached the TTL; returns their names.
     pub fn expire_names(&mut self, now: SystemTime) -> Vec<Rc<str>> {
         let mut expired = Vec::new();
@@ -648,23 +663,6 @@ impl MailboxStore for MemoryStore {
         {
             self.remove(key);
         }
-    }
-
-    fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog> {
-        let mb = &self.mailboxes[*self.mailbox_index.get(name)?];
-        let (gap, start) = match resume {
-            None => (false, 0),
-            Some(after) => (
-                after < mb.horizon,
-                mb.messages.partition_point(|m| m.id <= after),
-            ),
-        };
-        Some(Backlog {
-            gap,
-            oldest: mb.messages.front().map(|m| m.id),
-            messages: mb.messages.range(start..).cloned().collect(),
-            last_id: mb.last_id(),
-        })
     }
 
     fn watch(&mut self, name: &str) {
