@@ -178,7 +178,8 @@ pub struct Exchange {
     pub since: u64,
     /// The next heartbeat (streams) or the end of the hold (long-poll).
     pub timer: TimerId,
-    /// Long-poll: a message reached it this turn, and it is on the answer list.
+    /// Long-poll: it is on the answer list (a message reached it this turn,
+    /// or its mailbox was dropped); nothing else answers it meanwhile.
     pub woken: bool,
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -106,4 +106,36 @@ fn drop_answers_a_held_poll() {
             .body()
             .starts_with(r#"{"messages":[]"#)
     );
+}
+
+/// A held poll woken and its mailbox dropped in the same turn is answered
+/// once, and a keep-alive request pipelined behind it is not answered by
+/// mistake with its messages.
+#[test]
+fn a_poll_woken_and_dropped_in_one_turn_is_answered_once() {
+    let srv = Mailboxd::start(&[]);
+    let mut ctl = srv.ctl();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.write_all(
+        b"GET /comet/twice?transport=poll HTTP/1.1\r\nHost: x\r\n\r\nGET /comet/other?transport=poll HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    srv.wait_info("twice", |r| r.contains("subscribers=1"));
+    // One write: both commands are handled in the same loop turn.
+    ctl.write(b"SEND twice 5\nfirst\nDROP twice\n");
+    assert!(ctl.line().starts_with("OK "));
+    assert_eq!(ctl.line(), "OK");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 1, "{got}");
+    assert!(got.contains("\"data\":\"first\""), "{got}");
+    // The second request is still held on its own (empty) mailbox.
+    assert!(srv.ctl().cmd("INFO other").contains("subscribers=1"));
 }

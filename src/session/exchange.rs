@@ -306,7 +306,11 @@ impl Server {
             return;
         }
         if ex.transport == Transport::Poll {
-            self.answer_poll(key, rid, &[], now);
+            // A poll already on the answer list is answered there, with
+            // the messages that woke it.
+            if !ex.woken {
+                self.answer_poll(key, rid, &[], now);
+            }
             return;
         }
         let transport = ex.transport;
@@ -326,7 +330,15 @@ impl Server {
         }
         while let Some((key, rid)) = self.conns.answers.pop() {
             let messages = woken.remove(&(key, rid)).unwrap_or_default();
-            self.answer_poll(key, rid, &messages, now);
+            // Only the poll that was put on the list: a keep-alive
+            // connection may have moved on to its next request since.
+            if self
+                .conns
+                .open_exchange(key, rid)
+                .is_some_and(|ex| ex.woken)
+            {
+                self.answer_poll(key, rid, &messages, now);
+            }
         }
     }
 
@@ -382,7 +394,10 @@ impl Server {
             return;
         };
         if ex.transport == Transport::Poll {
-            self.conns.answers.push((key, rid));
+            if !ex.woken {
+                ex.woken = true;
+                self.conns.answers.push((key, rid));
+            }
             return;
         }
         let mailbox = ex.mailbox.clone();
