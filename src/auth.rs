@@ -45,6 +45,13 @@ pub const MAX_TOKEN: usize = 80;
 /// and re-minted with each page.
 pub const MAX_TTL: u64 = 365 * 24 * 3600;
 
+/// The Unix time in seconds, as token expiries are written.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The signing key.
 #[derive(Clone)]
 pub struct Secret {

@@ -344,10 +344,9 @@ impl Server {
                 "mailboxd runs without --secret-file; no token is needed".into(),
             )
         })?;
-        let unix_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        Ok(Reply::Ok(secret.mint(mailbox, unix_now + ttl)))
+        Ok(Reply::Ok(
+            secret.mint(mailbox, crate::auth::unix_now() + ttl),
+        ))
     }
 
     fn stats_line(&self, now: Instant) -> String {

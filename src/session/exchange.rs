@@ -91,9 +91,7 @@ impl Server {
         let Some(secret) = &self.secret else {
             return Ok(());
         };
-        let unix_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix_now = crate::auth::unix_now();
         secret
             .verify(
                 route.token.as_deref().unwrap_or(""),

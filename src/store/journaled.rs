@@ -227,9 +227,7 @@ fn load(path: &Path, store: &mut MemoryStore, replay: &mut Replay) -> Result<Loa
             damaged: false,
         });
     };
-    let stamp = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let stamp = journal::to_ms(SystemTime::now()) / 1000;
     let aside = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
     std::fs::write(&aside, &bytes[at..])
         .and_then(|()| {
@@ -370,10 +368,7 @@ impl JournaledStore {
     /// Appends a record to this turn's batch, opened by the batch's time.
     fn record(&mut self, record: &Record<'_>) {
         if self.pending.is_empty() {
-            let now_ms = self
-                .clock
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now_ms = journal::to_ms(self.clock);
             journal::encode(&Record::Clock { now_ms }, &mut self.pending);
         }
         journal::encode(record, &mut self.pending);
@@ -622,12 +617,9 @@ impl MailboxStore for JournaledStore {
     fn unwatch(&mut self, name: &str, now: SystemTime) {
         self.clock = now;
         self.inner.unwatch(name, now);
-        let since_ms = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         self.record(&Record::Idle {
             mailbox: name,
-            since_ms,
+            since_ms: journal::to_ms(now),
         });
     }
 

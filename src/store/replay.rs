@@ -21,11 +21,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::{Mailbox, MemoryStore};
 use crate::message::{Message, Payload};
-use crate::wire::journal::{self, Record};
+use crate::wire::journal::{self, Record, from_ms, to_ms as ms};
 
 /// Why a record could not be applied: the journal contradicts itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +35,6 @@ impl fmt::Display for ReplayError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "journal does not replay: {}", self.0)
     }
-}
-
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn from_ms(ms: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 impl MemoryStore {
@@ -288,6 +279,7 @@ mod tests {
     use super::*;
     use crate::store::{MailboxStore, StoreLimits};
     use crate::wire::Status;
+    use std::time::Duration;
 
     fn limits() -> StoreLimits {
         StoreLimits {

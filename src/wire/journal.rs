@@ -42,9 +42,21 @@
 //! [`Corrupt`]: JournalError::Corrupt
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use crate::name;
 use crate::wire::Status;
+
+/// A time as the records carry it: milliseconds since 1970.
+pub fn to_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The time a record's milliseconds since 1970 stand for.
+pub fn from_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
 
 /// Bytes before a record's body: length and CRC.
 pub const HEADER: usize = 8;

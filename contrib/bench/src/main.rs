@@ -138,12 +138,10 @@ fn pipeline(args: &Args) {
     let start = Instant::now();
     let connections = args.num("connections", 1) as usize;
     let make = move |i: usize| (format!("p{}", (first + i) % mailboxes), payload.clone());
-    let errors = if connections > 1 {
-        send_on_many(&path, count, connections, depth.max(1), make)
-    } else if depth == 0 {
+    let errors = if depth == 0 && connections == 1 {
         send_pipelined(&path, count, make)
     } else {
-        send_in_windows(&path, count, depth, make)
+        send_on_many(&path, count, connections, depth.max(1), make)
     };
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -188,44 +186,10 @@ fn send_pipelined(
     errors
 }
 
-/// Sends `count` SENDs `depth` at a time: write a window, read its replies,
-/// repeat (what `redis-benchmark -P depth` does). Returns ERR replies.
-fn send_in_windows(
-    path: &str,
-    count: usize,
-    depth: usize,
-    make: impl Fn(usize) -> (String, String),
-) -> usize {
-    let stream = UnixStream::connect(path).expect("connect control socket");
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::with_capacity(1 << 16, stream);
-    let mut line = String::new();
-    let mut errors = 0;
-    let mut batch = Vec::with_capacity(depth * 64);
-    let mut sent = 0;
-    while sent < count {
-        let window = depth.min(count - sent);
-        batch.clear();
-        for i in sent..sent + window {
-            let (mailbox, payload) = make(i);
-            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
-        }
-        writer.write_all(&batch).unwrap();
-        for _ in 0..window {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if !line.starts_with("OK ") {
-                errors += 1;
-            }
-        }
-        sent += window;
-    }
-    errors
-}
-
-/// Sends `count` SENDs over `connections` control connections from one
-/// thread, `depth` in flight on each (what `redis-benchmark -c N -P depth`
-/// does): a connection writes its next window once the last is answered.
+/// Sends `count` SENDs over `connections` control connections (one or
+/// more) from one thread, `depth` in flight on each (what
+/// `redis-benchmark -c N -P depth` does): a connection writes its next
+/// window once the last is answered.
 fn send_on_many(
     path: &str,
     count: usize,
