@@ -288,6 +288,8 @@ mod tests {
         );
         std::fs::write(&path, "short\n").unwrap();
         assert!(loaded.reload().unwrap_err().contains("at least 16"));
+        std::fs::write(&path, "k".repeat(MAX_KEY + 1)).unwrap();
+        assert!(Secret::load(&path).unwrap_err().contains("larger than"));
         assert!(Secret::load(&dir).unwrap_err().contains("regular file"));
         assert!(Secret::load(&dir.join("missing")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

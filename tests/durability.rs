@@ -431,3 +431,31 @@ fn a_journal_that_cannot_be_written_answers_unavailable_never_ok() {
     );
     assert!(!srv.log().contains("damaged"), "{}", srv.log());
 }
+
+#[test]
+fn a_failed_compaction_leaves_the_journal_going_and_the_next_one_succeeds() {
+    let state = TempDir::new("state");
+    // The first snapshot's temporary file cannot be created: the child fails.
+    std::fs::create_dir_all(state.path().join("snapshot-1.tmp")).unwrap();
+    let flags = ["--compact-after", "2000", "--retain", "10000"];
+    let srv = start(state.path(), &flags);
+    let mut ctl = srv.ctl();
+    let mut acked = Vec::new();
+    let log_has = |srv: &Mailboxd, what: &str| srv.log().contains(what);
+    while !log_has(&srv, "compaction 1 failed") {
+        acked.push(ctl.send("kept", &format!("{:0>40}", acked.len())).0);
+        assert!(acked.len() < 5000, "no compaction attempted: {}", srv.log());
+    }
+    while !log_has(&srv, "snapshot of") {
+        acked.push(ctl.send("kept", &format!("{:0>40}", acked.len())).0);
+        assert!(
+            acked.len() < 10000,
+            "no later compaction succeeded: {}",
+            srv.log()
+        );
+    }
+    let mut srv = srv;
+    srv.terminate();
+    let srv = start(state.path(), &flags);
+    assert_eq!(retained_ids(&srv, "kept"), acked);
+}
