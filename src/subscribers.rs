@@ -64,6 +64,8 @@ pub struct FanOut {
     pub live: usize,
     /// The mailbox lost its last subscriber (all were detached).
     pub emptied: bool,
+    /// Subscribers detached because they could not take it.
+    pub detached: usize,
 }
 
 impl Subscribers {
@@ -102,31 +104,28 @@ impl Subscribers {
         Ok(first)
     }
 
-    /// Removes a subscriber; harmless if it is not there. True when the
-    /// mailbox has just lost its last one.
-    pub fn remove(&mut self, mailbox: &str, sub: SubscriberId) -> bool {
-        let Some(w) = self.by_mailbox.get_mut(mailbox) else {
-            return false;
-        };
-        let emptied = match w {
-            Waiting::One(s) if *s == sub => true,
-            Waiting::One(_) => return false,
+    /// Removes a subscriber; harmless if it is not there. `Some(left)`,
+    /// the mailbox's remaining subscribers, when it was there.
+    pub fn remove(&mut self, mailbox: &str, sub: SubscriberId) -> Option<usize> {
+        let w = self.by_mailbox.get_mut(mailbox)?;
+        let left = match w {
+            Waiting::One(s) if *s == sub => 0,
+            Waiting::One(_) => return None,
             Waiting::Many(v) => {
-                let Some(i) = v.iter().position(|&s| s == sub) else {
-                    return false;
-                };
+                let i = v.iter().position(|&s| s == sub)?;
                 v.swap_remove(i);
+                let left = v.len();
                 if let [only] = v[..] {
                     *w = Waiting::One(only);
                 }
-                false
+                left
             }
         };
         self.total -= 1;
-        if emptied {
+        if left == 0 {
             self.by_mailbox.remove(mailbox);
         }
-        emptied
+        Some(left)
     }
 
     /// Removes every subscriber of a mailbox (its `DROP`) and returns them.
@@ -151,6 +150,7 @@ impl Subscribers {
             return FanOut {
                 live: 0,
                 emptied: false,
+                detached: 0,
             };
         };
         let mut live = 0;
@@ -178,7 +178,11 @@ impl Subscribers {
         if emptied {
             self.by_mailbox.remove(mailbox);
         }
-        FanOut { live, emptied }
+        FanOut {
+            live,
+            emptied,
+            detached: before - after,
+        }
     }
 
     /// Local subscribers of one mailbox.
@@ -221,11 +225,11 @@ mod tests {
         assert_eq!(r.add(&a, SubscriberId(3)), Ok(false));
         assert_eq!(r.add(&a, SubscriberId(4)), Err(TooManySubscribers));
         assert_eq!((r.count("a"), r.total()), (3, 3));
-        assert!(!r.remove("a", SubscriberId(9)), "absent: harmless");
-        assert!(!r.remove("a", SubscriberId(1)));
-        assert!(!r.remove("a", SubscriberId(2)));
-        assert!(r.remove("a", SubscriberId(3)), "the last one");
-        assert!(!r.remove("a", SubscriberId(3)), "twice: harmless");
+        assert_eq!(r.remove("a", SubscriberId(9)), None, "absent: harmless");
+        assert_eq!(r.remove("a", SubscriberId(1)), Some(2));
+        assert_eq!(r.remove("a", SubscriberId(2)), Some(1));
+        assert_eq!(r.remove("a", SubscriberId(3)), Some(0), "the last one");
+        assert_eq!(r.remove("a", SubscriberId(3)), None, "twice: harmless");
         assert_eq!((r.count("a"), r.total()), (0, 0));
     }
 
@@ -250,7 +254,8 @@ mod tests {
             f,
             FanOut {
                 live: 2,
-                emptied: false
+                emptied: false,
+                detached: 2
             }
         );
         assert_eq!((r.count("a"), r.total()), (2, 2));
@@ -259,7 +264,8 @@ mod tests {
             f,
             FanOut {
                 live: 0,
-                emptied: true
+                emptied: true,
+                detached: 2
             }
         );
         assert_eq!(r.total(), 0);
@@ -268,7 +274,8 @@ mod tests {
             none,
             FanOut {
                 live: 0,
-                emptied: false
+                emptied: false,
+                detached: 0
             }
         );
     }
@@ -286,7 +293,8 @@ mod tests {
             f,
             FanOut {
                 live: 1,
-                emptied: false
+                emptied: false,
+                detached: 0
             }
         );
         r.add(&a, SubscriberId(3)).unwrap();

@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::conn::{Close, Kind, PendingReply, ReadEnd, Session, read_into, split_sub};
 use crate::message::Payload;
 use crate::server::Server;
-use crate::store::{Done, Op, StoreError};
+use crate::store::{Done, Op, StoreError, StoreEvent};
 use crate::wire::control::{self, Command, ControlError, ErrorCode, Frame, Reply};
 
 /// Replies queued for one backend before its input is paused: enough for
@@ -201,14 +201,34 @@ impl Server {
         }
     }
 
-    /// Takes every result the store has finished: hands stored messages to
-    /// the local subscribers, ends the requests of dropped mailboxes, writes
+    /// Takes everything the store has for the loop, in order: hands stored
+    /// messages to the local subscribers, ends the requests of dropped
+    /// mailboxes, writes
     /// the replies that are now known, and starts the exchanges of clients
     /// whose mailbox is open. Runs after each batch of commands or client
     /// requests, and once per loop turn for results that completed later.
     pub(crate) fn complete(&mut self, now: Instant) {
         let mut touched = Vec::new();
-        while let Some((ticket, result)) = self.store.next_completion() {
+        while let Some(event) = self.store.next_event() {
+            let (ticket, result) = match event {
+                StoreEvent::Done(ticket, result) => (ticket, result),
+                StoreEvent::Deliver(delivery) => {
+                    self.fan_out(&delivery, now);
+                    continue;
+                }
+                StoreEvent::Ended(mailbox) => {
+                    let subs = self.subscribers.take(&mailbox);
+                    if !subs.is_empty() {
+                        let wall = self.wall(now);
+                        self.store.subscribers(&mailbox, 0, wall);
+                    }
+                    for sub in subs {
+                        let (key, rid) = split_sub(sub);
+                        self.end_exchange(key, rid, now);
+                    }
+                    continue;
+                }
+            };
             let key = (ticket.0 >> 32) as usize;
             let client = self
                 .conns
@@ -224,7 +244,7 @@ impl Server {
                     self.opened(key, ticket, Err(e), now);
                     continue;
                 }
-                Ok(done) => Ok(self.apply(done, now)),
+                Ok(done) => Ok(self.apply(done)),
                 Err(e) => Err(store_error(e)),
             };
             let waiting = match self.conns.slab.get_mut(key).map(|c| &mut c.session) {
@@ -241,18 +261,12 @@ impl Server {
         }
     }
 
-    /// What a finished command means for this process, and its reply. The
-    /// messages are fanned out even when the backend that sent them is gone.
-    fn apply(&mut self, done: Done, now: Instant) -> Reply {
+    /// The reply to a finished command. Its messages were fanned out
+    /// already, as the store's events, even if the backend is gone.
+    fn apply(&mut self, done: Done) -> Reply {
         match done {
-            Done::Sent(delivery) => {
-                let live = self.fan_out(&delivery, now);
-                Reply::Ok(format!("{} {live}", delivery.message.id))
-            }
-            Done::Published(deliveries) => {
-                let live: usize = deliveries.iter().map(|d| self.fan_out(d, now)).sum();
-                Reply::Ok(format!("{} {live}", deliveries.len()))
-            }
+            Done::Sent { id, live } => Reply::Ok(format!("{id} {live}")),
+            Done::Published { reached, live } => Reply::Ok(format!("{reached} {live}")),
             Done::GroupSize(n) => Reply::Ok(n.to_string()),
             Done::Members(members) => {
                 let mut fields = members.len().to_string();
@@ -262,13 +276,7 @@ impl Server {
                 }
                 Reply::Ok(fields)
             }
-            Done::Dropped(mailbox) => {
-                for sub in self.subscribers.take(&mailbox) {
-                    let (key, rid) = split_sub(sub);
-                    self.end_exchange(key, rid, now);
-                }
-                Reply::Ok(String::new())
-            }
+            Done::Dropped(_) => Reply::Ok(String::new()),
             Done::Opened { .. } => {
                 debug_assert!(false, "openings are clients' results");
                 Reply::None
@@ -384,7 +392,7 @@ fn store_error(e: StoreError) -> ControlError {
     let code = match e {
         StoreError::NotFound => ErrorCode::NotFound,
         StoreError::TooManyMailboxes | StoreError::TooManyGroups => ErrorCode::Full,
-        StoreError::Unavailable => ErrorCode::Unavailable,
+        StoreError::Unavailable | StoreError::Unknown => ErrorCode::Unavailable,
     };
     ControlError::new(code, e.to_string())
 }

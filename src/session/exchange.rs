@@ -218,7 +218,7 @@ impl Server {
                 return Ok(());
             }
             let since = route.resume.unwrap_or(backlog.last_id);
-            self.subscribe(&mailbox, sub)?;
+            self.subscribe(&mailbox, sub, now)?;
             let hold = now + self.config.poll_timeout;
             self.park(
                 key,
@@ -238,7 +238,7 @@ impl Server {
             );
             return Ok(());
         }
-        self.subscribe(&mailbox, sub)?;
+        self.subscribe(&mailbox, sub, now)?;
         let transport = route.transport;
         let heartbeat = now + self.config.heartbeat;
         self.park(
@@ -406,10 +406,18 @@ impl Server {
     /// Registers a parked request on a mailbox the client has opened; the
     /// store hears of the mailbox's first subscriber. At `--max-subscribers`
     /// the request is refused, and a mailbox it alone had opened goes again.
-    fn subscribe(&mut self, mailbox: &Rc<str>, sub: SubscriberId) -> Result<(), Rejection> {
+    fn subscribe(
+        &mut self,
+        mailbox: &Rc<str>,
+        sub: SubscriberId,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         match self.subscribers.add(mailbox, sub) {
-            Ok(true) => self.store.watch(mailbox),
-            Ok(false) => {}
+            Ok(_) => {
+                let wall = self.wall(now);
+                let count = self.subscribers.count(mailbox);
+                self.store.subscribers(mailbox, count, wall);
+            }
             Err(TooManySubscribers) => {
                 self.store.release(mailbox);
                 return Err(Rejection::new(
@@ -424,9 +432,9 @@ impl Server {
     /// Detaches a request from its mailbox, if it is still attached; the
     /// store hears of the mailbox's last subscriber leaving.
     pub(crate) fn unsubscribe(&mut self, mailbox: &str, sub: SubscriberId, now: Instant) {
-        if self.subscribers.remove(mailbox, sub) {
+        if let Some(left) = self.subscribers.remove(mailbox, sub) {
             let wall = self.wall(now);
-            self.store.unwatch(mailbox, wall);
+            self.store.subscribers(mailbox, left, wall);
         }
     }
 
@@ -444,8 +452,12 @@ impl Server {
         let done = subscribers.fan_out(&delivery.mailbox, &delivery.message, &mut |sub, msg| {
             conns.deliver(sub, msg, max_output, now)
         });
-        if done.emptied {
-            store.unwatch(&delivery.mailbox, wall);
+        if done.detached > 0 {
+            store.subscribers(
+                &delivery.mailbox,
+                subscribers.count(&delivery.mailbox),
+                wall,
+            );
         }
         done.live
     }

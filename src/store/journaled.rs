@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::replay::Replay;
 use super::{
-    Completion, Done, MailboxStore, MemoryStore, Op, StoreError, StoreLimits, StoreStats, Ticket,
+    Done, MailboxStore, MemoryStore, Op, StoreError, StoreEvent, StoreLimits, StoreStats, Ticket,
 };
 use crate::wire::Status;
 use crate::wire::journal::{self, Record};
@@ -113,12 +113,12 @@ pub struct JournaledStore {
     /// The time of the records in `pending` (a `Clock` record opens them).
     clock: SystemTime,
     /// Results of this turn, released once their records are committed.
-    held: VecDeque<Completion>,
+    held: VecDeque<StoreEvent>,
     /// Whether a held result acknowledges a change (its record must be on
     /// disk first); results that changed nothing need no sync.
     held_changes: bool,
     /// Results ready to be taken.
-    ready: VecDeque<Completion>,
+    ready: VecDeque<StoreEvent>,
     /// Written but not yet synced.
     unsynced: bool,
     last_sync: Instant,
@@ -538,7 +538,8 @@ impl MailboxStore for JournaledStore {
         }
         if self.failing && changes {
             // Nothing is applied that could not be kept.
-            self.held.push_back((ticket, Err(StoreError::Unavailable)));
+            self.held
+                .push_back(StoreEvent::Done(ticket, Err(StoreError::Unavailable)));
             return;
         }
         // What the record needs of the command, before the store takes it.
@@ -555,53 +556,66 @@ impl MailboxStore for JournaledStore {
             _ => None,
         };
         self.inner.submit(ticket, op, now);
-        while let Some((ticket, result)) = self.inner.next_completion() {
-            self.held_changes |= matches!(
-                result,
-                Ok(Done::Sent(_) | Done::Published(_) | Done::GroupSize(_) | Done::Dropped(_))
-            );
-            match &result {
-                Ok(Done::Sent(d)) => self.record(&Record::Message {
+        let mut first_delivery = true;
+        while let Some(event) = self.inner.next_event() {
+            match &event {
+                StoreEvent::Deliver(d) if publish.is_none() => self.record(&Record::Message {
                     mailbox: &d.mailbox,
                     id: d.message.id,
                     event: d.message.payload.event(),
                     data: std::str::from_utf8(d.message.payload.data()).unwrap_or_default(),
                 }),
-                Ok(Done::Published(ds)) if !ds.is_empty() => {
-                    let (group, except) = publish.clone().unwrap_or_default();
-                    let except: Vec<&str> = except.iter().map(String::as_str).collect();
-                    let payload = &ds[0].message.payload;
-                    self.record(&Record::Publish {
-                        group: &group,
-                        first_id: ds[0].message.id,
-                        except,
-                        event: payload.event(),
-                        data: std::str::from_utf8(payload.data()).unwrap_or_default(),
-                    });
-                }
-                Ok(Done::GroupSize(_)) => {
-                    if let Some((group, mailboxes, is_join)) = &join {
-                        let mailboxes: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
-                        self.record(&if *is_join {
-                            Record::Join { group, mailboxes }
-                        } else {
-                            Record::Leave { group, mailboxes }
+                StoreEvent::Deliver(d) => {
+                    // One record for the whole PUBLISH, at its first id.
+                    if std::mem::take(&mut first_delivery) {
+                        let (group, except) = publish.clone().unwrap_or_default();
+                        let except: Vec<&str> = except.iter().map(String::as_str).collect();
+                        let payload = &d.message.payload;
+                        self.record(&Record::Publish {
+                            group: &group,
+                            first_id: d.message.id,
+                            except,
+                            event: payload.event(),
+                            data: std::str::from_utf8(payload.data()).unwrap_or_default(),
                         });
                     }
                 }
-                Ok(Done::Dropped(mailbox)) => self.record(&Record::Remove {
-                    mailbox,
-                    expired: false,
-                }),
-                _ => {}
+                StoreEvent::Ended(_) => {}
+                StoreEvent::Done(_, result) => {
+                    self.held_changes |= matches!(
+                        result,
+                        Ok(Done::Sent { .. }
+                            | Done::Published { .. }
+                            | Done::GroupSize(_)
+                            | Done::Dropped(_))
+                    );
+                    match result {
+                        Ok(Done::GroupSize(_)) => {
+                            if let Some((group, mailboxes, is_join)) = &join {
+                                let mailboxes: Vec<&str> =
+                                    mailboxes.iter().map(String::as_str).collect();
+                                self.record(&if *is_join {
+                                    Record::Join { group, mailboxes }
+                                } else {
+                                    Record::Leave { group, mailboxes }
+                                });
+                            }
+                        }
+                        Ok(Done::Dropped(mailbox)) => self.record(&Record::Remove {
+                            mailbox,
+                            expired: false,
+                        }),
+                        _ => {}
+                    }
+                }
             }
             // A result that changed nothing (an error, a read, an opening)
             // needs no sync, but keeps its place behind those that do.
-            self.held.push_back((ticket, result));
+            self.held.push_back(event);
         }
     }
 
-    fn next_completion(&mut self) -> Option<Completion> {
+    fn next_event(&mut self) -> Option<StoreEvent> {
         self.ready.pop_front()
     }
 
@@ -609,18 +623,18 @@ impl MailboxStore for JournaledStore {
         self.inner.release(name);
     }
 
-    fn watch(&mut self, name: &str) {
-        self.inner.watch(name);
-        self.record(&Record::Watched { mailbox: name });
-    }
-
-    fn unwatch(&mut self, name: &str, now: SystemTime) {
+    fn subscribers(&mut self, name: &str, count: usize, now: SystemTime) {
         self.clock = now;
-        self.inner.unwatch(name, now);
-        self.record(&Record::Idle {
-            mailbox: name,
-            since_ms: journal::to_ms(now),
-        });
+        let was = self.inner.is_watched(name);
+        self.inner.subscribers(name, count, now);
+        if count > 0 && !was {
+            self.record(&Record::Watched { mailbox: name });
+        } else if count == 0 && was {
+            self.record(&Record::Idle {
+                mailbox: name,
+                since_ms: journal::to_ms(now),
+            });
+        }
     }
 
     fn expire(&mut self, now: SystemTime) -> usize {
@@ -680,12 +694,21 @@ impl MailboxStore for JournaledStore {
                 // This turn's changes are in memory already and will be
                 // written with the next successful commit; their backends
                 // were not told OK, so they may send them again.
-                self.ready.extend(self.held.drain(..).map(|(t, r)| match r {
-                    Ok(
-                        Done::Sent(_) | Done::Published(_) | Done::GroupSize(_) | Done::Dropped(_),
-                    ) => (t, Err(StoreError::Unavailable)),
-                    other => (t, other),
-                }));
+                // Nothing they stored is handed to subscribers either.
+                self.ready
+                    .extend(self.held.drain(..).filter_map(|event| match event {
+                        StoreEvent::Done(
+                            t,
+                            Ok(
+                                Done::Sent { .. }
+                                | Done::Published { .. }
+                                | Done::GroupSize(_)
+                                | Done::Dropped(_),
+                            ),
+                        ) => Some(StoreEvent::Done(t, Err(StoreError::Unavailable))),
+                        StoreEvent::Deliver(_) | StoreEvent::Ended(_) => None,
+                        done => Some(done),
+                    }));
             }
         }
         self.compact();

@@ -102,13 +102,25 @@ pub enum Op {
     },
 }
 
-/// What a command did.
+/// What a command did. The messages it stored reach this process's
+/// subscribers separately, as [`StoreEvent::Deliver`].
 #[derive(Debug)]
 pub enum Done {
-    /// `SEND`: the message, for the mailbox's subscribers.
-    Sent(Delivery),
-    /// `PUBLISH`: one delivery per member reached.
-    Published(Vec<Delivery>),
+    /// `SEND`: the message's id, and the subscribers on the mailbox (of
+    /// every process sharing the store) when it was stored.
+    Sent {
+        /// The id it got.
+        id: u64,
+        /// Subscribers it was handed to.
+        live: usize,
+    },
+    /// `PUBLISH`: members reached, and their subscribers in all.
+    Published {
+        /// Members that got the message.
+        reached: usize,
+        /// Subscribers over those members.
+        live: usize,
+    },
     /// `JOIN` or `LEAVE`: the group's size afterwards.
     GroupSize(usize),
     /// `MEMBERS`.
@@ -127,8 +139,19 @@ pub enum Done {
     },
 }
 
-/// A finished command: its ticket and its result.
-pub type Completion = (Ticket, Result<Done, StoreError>);
+/// What the store has for the event loop, in the order it happened.
+#[derive(Debug)]
+pub enum StoreEvent {
+    /// A command finished: its ticket and its result.
+    Done(Ticket, Result<Done, StoreError>),
+    /// A message stored in a mailbox this process has subscribers on (or
+    /// is opening): hand it to them. Ids only increase per mailbox.
+    Deliver(Delivery),
+    /// The streams of this mailbox's subscribers here must end: it was
+    /// dropped, or the store can no longer vouch that they missed nothing
+    /// (they resume with `Last-Event-ID` and learn of any gap).
+    Ended(Rc<str>),
+}
 
 /// One message as one mailbox got it, for the loop to hand to that
 /// mailbox's subscribers.
@@ -176,15 +199,21 @@ pub enum StoreError {
     /// `max_groups` reached.
     TooManyGroups,
     /// The store cannot keep anything right now (the journal cannot be
-    /// written): the command is not acknowledged.
+    /// written, Redis cannot be reached): the command is not acknowledged.
     Unavailable,
+    /// The connection to a shared store was lost while the command was in
+    /// flight: it may or may not have been carried out.
+    Unknown,
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StoreError::NotFound => "no such mailbox",
-            StoreError::Unavailable => "storage unavailable: the journal cannot be written",
+            StoreError::Unavailable => "storage unavailable: nothing was stored",
+            StoreError::Unknown => {
+                "storage connection lost during the command: it may have been carried out"
+            }
             StoreError::TooManyMailboxes => "mailbox limit reached (max-mailboxes)",
             StoreError::TooManyGroups => "group limit reached (max-groups)",
         })
@@ -264,6 +293,8 @@ struct Mailbox {
     idle_since: Option<SystemTime>,
     /// Bumped on every idle transition so stale expiry entries are ignored.
     idle_gen: u64,
+    /// Local subscribers, as the loop last reported them.
+    subscribers: u32,
 }
 
 impl Mailbox {
@@ -294,25 +325,31 @@ struct Group {
 }
 
 /// What the server needs from a mailbox store. [`MemoryStore`] keeps
-/// everything in this process; the seam exists so that a shared store (Redis,
-/// for several sidecars) can implement the same contract.
+/// everything in this process, [`JournaledStore`] also on disk, and
+/// [`RedisStore`] in Redis, shared by several processes.
+///
+/// Every client opening a mailbox is followed, once its opening has
+/// completed, by exactly one of: a [`MailboxStore::subscribers`] call
+/// that raises the mailbox's local count (it subscribed), or a
+/// [`MailboxStore::release`] (it did not).
 pub trait MailboxStore {
-    /// Starts a backend's command. Its result comes out of
-    /// [`MailboxStore::next_completion`], on this turn or a later one;
-    /// commands complete in the order they were submitted.
+    /// Starts a command. Its result comes out of [`MailboxStore::next_event`],
+    /// on this turn or a later one; commands complete in the order they were
+    /// submitted.
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime);
-    /// The next finished command, if any.
-    fn next_completion(&mut self) -> Option<Completion>;
+    /// The next result, message or ended mailbox, if any.
+    fn next_event(&mut self) -> Option<StoreEvent>;
     /// The client that opened `name` is done with it without subscribing
     /// (an answered long-poll): a mailbox that holds nothing, belongs to no
     /// group and is not watched disappears.
     fn release(&mut self, name: &str);
-    /// The mailbox gained its first local subscriber: it does not expire.
-    fn watch(&mut self, name: &str);
-    /// The mailbox lost its last local subscriber: its expiry clock starts,
-    /// and if it holds no message and belongs to no group it disappears.
-    fn unwatch(&mut self, name: &str, now: SystemTime);
-    /// Removes every mailbox whose idle time has reached the TTL; returns how many.
+    /// The mailbox now has `count` local subscribers. From none to some, it
+    /// stops expiring; back to none, its expiry clock starts, and if it
+    /// holds no message and belongs to no group it disappears.
+    fn subscribers(&mut self, name: &str, count: usize, now: SystemTime);
+    /// Does what is due by `now`: removes every mailbox whose idle time has
+    /// reached the TTL (returns how many), and a shared store's heartbeat,
+    /// sweep or reconnection.
     fn expire(&mut self, now: SystemTime) -> usize;
     /// The earliest instant at which [`MailboxStore::expire`] has work.
     fn next_deadline(&self) -> Option<SystemTime>;
@@ -325,6 +362,11 @@ pub trait MailboxStore {
     fn commit(&mut self) -> bool {
         false
     }
+    /// Registers the store's own sockets (a shared store's connection)
+    /// with the loop's `Poll`, under `token`.
+    fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) {}
+    /// The store's socket is ready: reads what arrived (results, messages).
+    fn ready(&mut self, _now: SystemTime) {}
 }
 
 /// All mailboxes and groups of one server, in this process's memory.
@@ -349,7 +391,7 @@ pub struct MemoryStore {
     /// entries of messages already gone are skipped when met.
     order: VecDeque<(u64, usize, u64)>,
     /// Results not yet taken by the loop.
-    completed: VecDeque<Completion>,
+    events: VecDeque<StoreEvent>,
     /// The highest id that left the server with a mailbox (expired or
     /// dropped while holding messages), or the last id before start: a new
     /// mailbox cannot vouch for anything up to it.
@@ -411,7 +453,7 @@ impl MemoryStore {
             memory: 0,
             order: VecDeque::new(),
             discarded: first_id.saturating_sub(1),
-            completed: VecDeque::new(),
+            events: VecDeque::new(),
         }
     }
 
@@ -428,6 +470,42 @@ impl MemoryStore {
 
 /// The commands, carried out at once (what [`MailboxStore::submit`] runs).
 impl MemoryStore {
+    /// The mailbox gained its first local subscriber: it does not expire.
+    pub fn watch(&mut self, name: &str) {
+        if let Some(&key) = self.mailbox_index.get(name) {
+            let mb = &mut self.mailboxes[key];
+            mb.idle_since = None;
+            mb.idle_gen = 0;
+        }
+    }
+
+    /// The mailbox lost its last local subscriber: its expiry clock starts,
+    /// and if it holds no message and belongs to no group it disappears.
+    pub fn unwatch(&mut self, name: &str, now: SystemTime) {
+        let Some(&key) = self.mailbox_index.get(name) else {
+            return;
+        };
+        self.mailboxes[key].subscribers = 0;
+        if self.mailboxes[key].holds_nothing() {
+            self.remove(key);
+        } else {
+            self.start_idle(key, now);
+        }
+    }
+
+    /// Whether this process has subscribers on the mailbox.
+    pub fn is_watched(&self, name: &str) -> bool {
+        self.mailbox_index
+            .get(name)
+            .is_some_and(|&k| self.mailboxes[k].watched())
+    }
+
+    fn live(&self, name: &str) -> usize {
+        self.mailbox_index
+            .get(name)
+            .map_or(0, |&k| self.mailboxes[k].subscribers as usize)
+    }
+
     /// What a client resuming after `resume` (or from the start, for `None`)
     /// must be sent; `None` when the mailbox is gone.
     pub fn backlog(&self, name: &str, resume: Option<u64>) -> Option<Backlog> {
@@ -620,16 +698,25 @@ impl MemoryStore {
 impl MailboxStore for MemoryStore {
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime) {
         let result = match op {
-            Op::Send { mailbox, payload } => self.send(&mailbox, &payload, now).map(Done::Sent),
+            Op::Send { mailbox, payload } => self.send(&mailbox, &payload, now).map(|d| {
+                let (id, live) = (d.message.id, self.live(&d.mailbox));
+                self.events.push_back(StoreEvent::Deliver(d));
+                Done::Sent { id, live }
+            }),
             Op::Publish {
                 group,
                 payload,
                 except,
             } => {
                 let except: Vec<&str> = except.iter().map(String::as_str).collect();
-                Ok(Done::Published(
-                    self.publish(&group, &payload, &except, now),
-                ))
+                let deliveries = self.publish(&group, &payload, &except, now);
+                let reached = deliveries.len();
+                let mut live = 0;
+                for d in deliveries {
+                    live += self.live(&d.mailbox);
+                    self.events.push_back(StoreEvent::Deliver(d));
+                }
+                Ok(Done::Published { reached, live })
             }
             Op::Join { group, mailboxes } => {
                 let names: Vec<&str> = mailboxes.iter().map(String::as_str).collect();
@@ -640,7 +727,11 @@ impl MailboxStore for MemoryStore {
                 Ok(Done::GroupSize(self.leave(&group, &names)))
             }
             Op::Members { group } => Ok(Done::Members(self.members(&group))),
-            Op::Drop { mailbox } => self.drop_mailbox(&mailbox).map(|()| Done::Dropped(mailbox)),
+            Op::Drop { mailbox } => self.drop_mailbox(&mailbox).map(|()| {
+                self.events
+                    .push_back(StoreEvent::Ended(Rc::from(mailbox.as_str())));
+                Done::Dropped(mailbox)
+            }),
             Op::Info { mailbox } => self
                 .info(&mailbox, now)
                 .map(Done::Info)
@@ -650,11 +741,11 @@ impl MailboxStore for MemoryStore {
                 Done::Opened { mailbox, backlog }
             }),
         };
-        self.completed.push_back((ticket, result));
+        self.events.push_back(StoreEvent::Done(ticket, result));
     }
 
-    fn next_completion(&mut self) -> Option<Completion> {
-        self.completed.pop_front()
+    fn next_event(&mut self) -> Option<StoreEvent> {
+        self.events.pop_front()
     }
 
     fn release(&mut self, name: &str) {
@@ -665,22 +756,14 @@ impl MailboxStore for MemoryStore {
         }
     }
 
-    fn watch(&mut self, name: &str) {
-        if let Some(&key) = self.mailbox_index.get(name) {
-            let mb = &mut self.mailboxes[key];
-            mb.idle_since = None;
-            mb.idle_gen = 0;
-        }
-    }
-
-    fn unwatch(&mut self, name: &str, now: SystemTime) {
-        let Some(&key) = self.mailbox_index.get(name) else {
-            return;
-        };
-        if self.mailboxes[key].holds_nothing() {
-            self.remove(key);
+    fn subscribers(&mut self, name: &str, count: usize, now: SystemTime) {
+        if count == 0 {
+            self.unwatch(name, now);
         } else {
-            self.start_idle(key, now);
+            self.watch(name);
+        }
+        if let Some(&key) = self.mailbox_index.get(name) {
+            self.mailboxes[key].subscribers = count.min(u32::MAX as usize) as u32;
         }
     }
 
@@ -724,6 +807,7 @@ impl MemoryStore {
             horizon: self.discarded,
             memberships: Vec::new(),
             idle_since: None,
+            subscribers: 0,
             idle_gen: 0,
         });
         self.mailbox_index.insert(name, key);
