@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::peer::{Cidr, Credential};
-use crate::store::{Fsync, StoreLimits};
+use crate::store::{Fsync, RedisAddr, StoreLimits};
 
 /// Where a listener binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +125,8 @@ pub struct Config {
     pub reuse_port: bool,
     /// Where the journal and snapshots live; `None` keeps everything in memory.
     pub state_dir: Option<PathBuf>,
+    /// The Redis shared by several instances; `None`: this process's own store.
+    pub store: Option<RedisAddr>,
     /// When the journal is synced to disk.
     pub fsync: Fsync,
     /// Journal bytes past which a snapshot is taken.
@@ -178,6 +180,7 @@ impl Default for Config {
             dead_peer_timeout: Duration::from_secs(30),
             reuse_port: false,
             state_dir: None,
+            store: None,
             fsync: Fsync::Always,
             // Large enough that compaction is rare under steady load, small
             // enough that replaying the journal at start takes well under a second.
@@ -215,6 +218,12 @@ impl Config {
 
     /// Checks relations between settings.
     pub fn validate(&self) -> Result<(), String> {
+        if self.store.is_some() && self.state_dir.is_some() {
+            return Err(
+                "--store redis://… and --state-dir exclude each other: Redis keeps the state"
+                    .into(),
+            );
+        }
         let positive = [
             ("retain", self.retain as u128),
             ("max-subscribers", self.max_subscribers as u128),
@@ -274,6 +283,7 @@ struct Settings {
     gateway_allow: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    store: Option<String>,
     reuse_port: Option<bool>,
     fsync: Option<String>,
     compact_after: Option<u64>,
@@ -336,6 +346,11 @@ impl Settings {
         }
         if self.state_dir.is_some() {
             config.state_dir = self.state_dir;
+        }
+        match self.store.as_deref() {
+            None => {}
+            Some("memory") => config.store = None,
+            Some(url) => config.store = Some(RedisAddr::parse(url)?),
         }
         if let Some(reuse) = self.reuse_port {
             config.reuse_port = reuse;
@@ -468,6 +483,12 @@ Durability:
   --compact-after BYTES    journal size past which a snapshot is written by a forked
                            child [default: 67108864]
 
+Several instances:
+  --store URL              keep mailboxes, groups, retained messages, ids and expiry in
+                           Redis (7 or later), shared by every instance naming it:
+                           redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix:PATH[?db=N]
+                           [default: memory: this process's own, with --state-dir]
+
 Security:
   --secret-file FILE       HMAC-SHA256 key for mailbox tokens; clients then need a
                            token (?token= or Authorization: Bearer) to open a mailbox.
@@ -533,6 +554,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
                 .extend(value.split(',').map(str::to_string)),
             "secret-file" => cli.secret_file = Some(PathBuf::from(value)),
             "state-dir" => cli.state_dir = Some(PathBuf::from(value)),
+            "store" => cli.store = Some(value),
             "fsync" => cli.fsync = Some(value),
             "compact-after" => cli.compact_after = Some(int(&value)? as u64),
             "max-memory" => cli.max_memory = Some(int(&value)?),
@@ -698,11 +720,19 @@ mod tests {
                 "max-memory must be at least retain-bytes",
             ),
             (&["--dead-peer-timeout", "0.5"][..], "at least 1 second"),
+            (&["--store", "http://x"][..], "expected redis://"),
+            (
+                &["--store", "redis://127.0.0.1", "--state-dir", "/tmp/s"][..],
+                "exclude each other",
+            ),
         ] {
             let err = run(args).unwrap_err();
             assert!(err.contains(expected), "{args:?}: {err}");
         }
         assert!(run(&["--reuse-port"]).unwrap().reuse_port);
+        let c = run(&["--store", "unix:/run/redis/redis.sock?db=1"]).unwrap();
+        assert_eq!(c.store.map(|s| s.db), Some(1));
+        assert!(run(&["--store", "memory"]).unwrap().store.is_none());
         assert!(!run(&[]).unwrap().reuse_port);
         let s = parse_toml(
             "control-allow = [\"gid:33\"]\ngateway-allow = [\"::1\"]\nsecret-file = \"/k\"\nreuse-port = true\n",

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use mailboxd::config::{self, Command};
 use mailboxd::server::Server;
-use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore};
+use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore, RedisStore};
 
 fn main() -> ExitCode {
     // A file-size limit (or a full disk) must fail a journal write with an
@@ -29,9 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store: Box<dyn MailboxStore> = match &config.state_dir {
-        None => Box::new(MemoryStore::starting_now(config.store_limits())),
-        Some(dir) => {
+    let store: Box<dyn MailboxStore> = match (&config.store, &config.state_dir) {
+        (Some(redis), _) => Box::new(RedisStore::new(redis.clone(), config.store_limits())),
+        (None, None) => Box::new(MemoryStore::starting_now(config.store_limits())),
+        (None, Some(dir)) => {
             let journal = JournalConfig {
                 dir: dir.clone(),
                 fsync: config.fsync,

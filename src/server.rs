@@ -17,7 +17,8 @@
 //!
 //! Handlers never free a connection: they mark it, and step 7 frees it, so a
 //! delivery can walk a mailbox's subscribers without any of them vanishing.
-//! Tokens: [`SIGNAL`], then one per listener, then `FIRST_CONN + slab key`;
+//! Tokens: [`SIGNAL`], then one per listener, the store's socket just
+//! below `FIRST_CONN`, then `FIRST_CONN + slab key`;
 //! an event for a key no longer in the slab is ignored.
 
 use std::io::{self, Write};
@@ -47,6 +48,8 @@ use crate::timer::{CONN_SLOT, TimerId, Timers};
 
 /// Token of the signal pipe.
 pub const SIGNAL: Token = Token(0);
+/// Token of the store's own socket (a shared store's connection).
+const STORE: Token = Token(FIRST_CONN - 1);
 /// Token of the first listener; listener `i` is `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = 1;
 /// Connection tokens start here, above any plausible number of listeners.
@@ -179,6 +182,8 @@ impl Server {
             log::info!("listening {}={}", kind.name(), local_name(&socket));
             listeners.push(Listener { kind, socket });
         }
+        let mut store = store;
+        store.attach(poll.registry(), STORE);
         Ok(Server {
             poll,
             listeners,
@@ -271,6 +276,10 @@ impl Server {
                         _ => self.begin_shutdown(now),
                     }
                 }
+            }
+            STORE => {
+                let wall = self.wall(now);
+                self.store.ready(wall);
             }
             Token(t) if t < FIRST_CONN => self.accept(t - LISTENER_BASE, now),
             Token(t) => {

@@ -415,7 +415,10 @@ fn a_journal_that_cannot_be_written_answers_unavailable_never_ok() {
         assert!(refused.starts_with("ERR UNAVAILABLE"), "{refused}");
     }
     assert!(ctl.cmd("INFO disk").starts_with("OK "), "reads still work");
-    assert!(srv.log().contains("changes are refused"));
+    // The log is read by another thread: wait for the line.
+    wait_for(Duration::from_secs(5), || {
+        srv.log().contains("changes are refused").then_some(())
+    });
     // Room again: changes are accepted, and nothing refused was kept.
     limit("unlimited");
     let (after, _) = ctl.send("disk", "after");

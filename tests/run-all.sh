@@ -17,6 +17,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v prlimit >/dev/null || need+=(util-linux)
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

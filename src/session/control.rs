@@ -283,11 +283,7 @@ impl Server {
             }
             Done::Info(info) => Reply::Ok(format!(
                 "subscribers={} retained={} last_id={} groups={} idle={}",
-                self.subscribers.count(&info.mailbox),
-                info.retained,
-                info.last_id,
-                info.groups,
-                info.idle_secs
+                info.subscribers, info.retained, info.last_id, info.groups, info.idle_secs
             )),
         }
     }

@@ -33,9 +33,11 @@ use slab::Slab;
 use crate::message::{Message, Payload};
 
 mod journaled;
+mod redis;
 mod replay;
 
 pub use journaled::{Fsync, JournalConfig, JournaledStore};
+pub use redis::{RedisAddr, RedisSocket, RedisStore};
 pub use replay::{Replay, ReplayError};
 
 /// Names who waits for a store result; the store hands it back untouched.
@@ -233,6 +235,8 @@ pub struct MailboxInfo {
     pub groups: usize,
     /// Whole seconds without a subscriber (0 while subscribed).
     pub idle_secs: u64,
+    /// Its subscribers (over every instance sharing the store).
+    pub subscribers: usize,
 }
 
 /// Totals for `STATS`.
@@ -690,6 +694,7 @@ impl MemoryStore {
             idle_secs: mailbox
                 .idle_since
                 .map_or(0, |t| now.duration_since(t).map_or(0, |d| d.as_secs())),
+            subscribers: mailbox.subscribers as usize,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! | [`cgi`] | CGI variables (FastCGI, SCGI) to a request; CGI response heads |
 //! | [`control`] | the backends' control protocol: frames, commands, replies |
 //! | [`journal`] | the records `--state-dir` appends to disk and snapshots are made of |
+//! | [`notice`] | what instances sharing Redis publish to each other, and the entries they retain there |
 //! | [`transport`] | messages to clients: SSE, long-poll JSON, raw stream |
 //!
 //! Every parser returns a [`Status`]: a whole item and the bytes it used,
@@ -19,6 +20,7 @@ pub mod control;
 pub mod fcgi;
 pub mod http;
 pub mod journal;
+pub mod notice;
 pub mod scgi;
 pub mod transport;
 

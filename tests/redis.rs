@@ -1,0 +1,444 @@
+//! `--store redis://…`: several instances sharing mailboxes and groups
+//! through a real `redis-server` (started here on a free port), one nginx
+//! upstream round-robin over their FastCGI listeners, and what a Redis
+//! outage or a `kill -9` of an instance costs clients.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `redis-server` on a free port, persisting to its own directory (AOF),
+/// so it can be stopped and started again with its data.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        r.run();
+        r
+    }
+
+    fn run(&mut self) {
+        let server = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("redis-server is not installed: run tests/run-all.sh");
+        let child = Command::new(server)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+    }
+
+    /// SIGTERM, and wait for it to exit (it writes its AOF first).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `n` instances on `redis`, each with HTTP and FastCGI on free ports.
+fn instances(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Mailboxd> {
+    let url = redis.url();
+    (0..n)
+        .map(|_| {
+            let mut args = vec![
+                "--store",
+                url.as_str(),
+                "--http",
+                "127.0.0.1:0",
+                "--fastcgi",
+                "127.0.0.1:0",
+            ];
+            args.extend_from_slice(extra);
+            let m = Mailboxd::start_raw(&args);
+            wait_connected(&m);
+            m
+        })
+        .collect()
+}
+
+/// Until the instance has reached Redis.
+fn wait_connected(m: &Mailboxd) {
+    wait_for(Duration::from_secs(10), || {
+        m.log().contains("connected as instance").then_some(())
+    });
+}
+
+/// Local subscribers of an instance (its STATS).
+fn local_subscribers(m: &Mailboxd) -> u64 {
+    field(&m.ctl().cmd("STATS"), "subscribers").unwrap()
+}
+
+/// An SSE stream that has been registered (its instance counts it).
+fn subscribe(m: &Mailboxd, path: &str, headers: &[(&str, &str)]) -> HttpStream {
+    let before = local_subscribers(m);
+    let s = HttpStream::open(m.port, path, headers);
+    wait_for(Duration::from_secs(5), || {
+        (local_subscribers(m) > before).then_some(())
+    });
+    s
+}
+
+/// nginx with one upstream round-robin over every instance's FastCGI.
+fn nginx_over(all: &[Mailboxd]) -> WebServer {
+    let servers: Vec<String> = all.iter().map(|m| m.addr("fastcgi")).collect();
+    WebServer::nginx("fastcgi", &servers.join("; server "))
+}
+
+#[test]
+fn a_delivery_through_any_instance_reaches_subscribers_on_every_other() {
+    let redis = Redis::start();
+    let all = instances(&redis, 3, &[]);
+    let mut streams: Vec<HttpStream> = all
+        .iter()
+        .map(|m| subscribe(m, "/comet/alice", &[]))
+        .collect();
+    let web = nginx_over(&all);
+    let mut via_nginx = HttpStream::open(web.port, "/comet/alice", &[]);
+    wait_for(Duration::from_secs(5), || {
+        (all.iter().map(local_subscribers).sum::<u64>() == 4).then_some(())
+    });
+    let mut sent = Vec::new();
+    for (i, m) in all.iter().enumerate() {
+        let (id, live) = m.ctl().send("alice", &format!("from {i}"));
+        assert_eq!(live, 4, "<live> counts every instance's subscribers");
+        sent.push(id);
+    }
+    assert!(
+        sent.windows(2).all(|w| w[0] < w[1]),
+        "ids increase: {sent:?}"
+    );
+    streams.push(via_nginx);
+    for s in &mut streams {
+        let got: Vec<(u64, String)> = (0..3)
+            .map(|_| {
+                let e = s.next_event();
+                (e.id.unwrap(), e.data)
+            })
+            .collect();
+        let want: Vec<(u64, String)> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, format!("from {i}")))
+            .collect();
+        assert_eq!(got, want, "in id order, exactly once");
+    }
+    via_nginx = streams.pop().unwrap();
+    drop(via_nginx);
+    let info = all[2].ctl().cmd("INFO alice");
+    assert_eq!(field(&info, "retained"), Some(3), "{info}");
+    assert_eq!(field(&info, "last_id"), Some(sent[2]), "{info}");
+}
+
+#[test]
+fn a_client_resumes_exactly_on_whichever_instance_nginx_picks() {
+    let redis = Redis::start();
+    let all = instances(&redis, 3, &[]);
+    let web = nginx_over(&all);
+    let mut ctl = all[0].ctl();
+    let (first, _) = ctl.send("bob", "m0");
+    let mut last = first;
+    let mut served_by = BTreeSet::new();
+    for round in 1..=6 {
+        // Away: two messages through different instances.
+        let a = all[round % 3].ctl().send("bob", &format!("m{round}a")).0;
+        let b = all[(round + 1) % 3]
+            .ctl()
+            .send("bob", &format!("m{round}b"))
+            .0;
+        let resume = last.to_string();
+        let before: Vec<u64> = all.iter().map(local_subscribers).collect();
+        let mut s = HttpStream::open(web.port, "/comet/bob", &[("Last-Event-ID", &resume)]);
+        let e1 = s.next_event();
+        let e2 = s.next_event();
+        assert_eq!(
+            (e1.id, e1.data.as_str(), e2.id, e2.data.as_str()),
+            (
+                Some(a),
+                format!("m{round}a").as_str(),
+                Some(b),
+                format!("m{round}b").as_str()
+            ),
+            "exactly what it missed, no gap"
+        );
+        let now: Vec<u64> = all.iter().map(local_subscribers).collect();
+        let idx = (0..3)
+            .find(|&i| now[i] > before[i])
+            .expect("one instance serves it");
+        served_by.insert(idx);
+        // Live from here on, whichever instance it is on.
+        let c = all[(idx + 1) % 3]
+            .ctl()
+            .send("bob", &format!("m{round}c"))
+            .0;
+        let e3 = s.next_event();
+        assert_eq!((e3.id, e3.data), (Some(c), format!("m{round}c")));
+        last = c;
+        drop(s);
+        wait_for(Duration::from_secs(5), || {
+            (local_subscribers(&all[idx]) == before[idx]).then_some(())
+        });
+    }
+    assert!(
+        served_by.len() >= 2,
+        "nginx spread reconnections: {served_by:?}"
+    );
+}
+
+#[test]
+fn publish_except_spans_instances_in_one_notification_each() {
+    let redis = Redis::start();
+    let all = instances(&redis, 3, &[]);
+    let names = ["alice", "bob", "carol"];
+    let mut streams: Vec<HttpStream> = all
+        .iter()
+        .zip(names)
+        .map(|(m, n)| subscribe(m, &format!("/comet/{n}"), &[]))
+        .collect();
+    assert_eq!(all[0].ctl().cmd("JOIN room alice bob carol"), "OK 3");
+    let members = all[1].ctl().cmd("MEMBERS room");
+    for n in names {
+        assert!(members.contains(n), "{members}");
+    }
+    let (reached, live) = all[1].ctl().publish("room", "hi all", "alice");
+    assert_eq!((reached, live), (2, 2));
+    for s in &mut streams[1..] {
+        assert_eq!(s.next_event().data, "hi all");
+    }
+    // Alice's next message is the one sent to her alone: no echo came first.
+    let (id, _) = all[2].ctl().send("alice", "only alice");
+    let e = streams[0].next_event();
+    assert_eq!((e.id, e.data.as_str()), (Some(id), "only alice"));
+    assert_eq!(all[2].ctl().cmd("LEAVE room bob"), "OK 2");
+    assert_eq!(all[0].ctl().publish("room", "no bob", "").0, 2);
+    assert_eq!(streams[0].next_event().data, "no bob");
+    assert_eq!(streams[2].next_event().data, "no bob");
+}
+
+#[test]
+fn a_mailbox_expires_only_when_no_instance_has_watched_it_for_the_ttl() {
+    let redis = Redis::start();
+    let all = instances(&redis, 3, &["--mailbox-ttl", "2"]);
+    all[0].ctl().send("dave", "kept while watched");
+    assert_eq!(all[0].ctl().cmd("JOIN club dave"), "OK 1");
+    let mut s = subscribe(&all[1], "/comet/dave", &[]);
+    s.next_event();
+    // Watched on instance 1 for longer than the TTL: it stays.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        all[2].ctl().cmd("INFO dave").starts_with("OK"),
+        "watched elsewhere"
+    );
+    drop(s);
+    all[1].wait_unsubscribed("dave");
+    let gone = Instant::now();
+    wait_for(Duration::from_secs(8), || {
+        all[2]
+            .ctl()
+            .cmd("INFO dave")
+            .starts_with("ERR NOTFOUND")
+            .then_some(())
+    });
+    assert!(
+        gone.elapsed() >= Duration::from_millis(1500),
+        "not before the TTL"
+    );
+    assert_eq!(
+        all[0].ctl().cmd("MEMBERS club"),
+        "OK 0",
+        "it left its groups everywhere"
+    );
+}
+
+#[test]
+fn drop_ends_the_streams_on_every_instance() {
+    let redis = Redis::start();
+    let all = instances(&redis, 3, &[]);
+    let mut a = subscribe(&all[0], "/comet/erin", &[]);
+    let mut b = subscribe(&all[1], "/comet/erin", &[]);
+    assert_eq!(all[2].ctl().cmd("DROP erin"), "OK");
+    assert!(a.closed(), "instance 0 ended its stream");
+    assert!(b.closed(), "instance 1 ended its stream");
+    assert!(all[0].ctl().cmd("INFO erin").starts_with("ERR NOTFOUND"));
+    assert!(all[2].ctl().cmd("DROP erin").starts_with("ERR NOTFOUND"));
+}
+
+#[test]
+fn a_redis_outage_gets_err_unavailable_and_loses_no_acknowledged_message() {
+    let mut redis = Redis::start();
+    let all = instances(&redis, 2, &["--retain", "1000"]);
+    let mut s = subscribe(&all[1], "/comet/frank", &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let replies = Arc::new(Mutex::new(Vec::<(Instant, String)>::new()));
+    let sender = {
+        let (stop, replies) = (stop.clone(), replies.clone());
+        let mut ctl = all[0].ctl();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = ctl.cmd(&format!("SEND frank {}\nn{i}", format!("n{i}").len()));
+                replies.lock().unwrap().push((Instant::now(), r));
+                i += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let down = Instant::now();
+    redis.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    let up = Instant::now();
+    redis.run();
+    // Both instances reconnect on their own.
+    wait_for(Duration::from_secs(10), || {
+        all.iter()
+            .all(|m| m.log().matches("connected as instance").count() >= 2)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let replies = replies.lock().unwrap().clone();
+    let mut acked = Vec::new();
+    let mut unavailable = 0;
+    for (at, r) in &replies {
+        if r.starts_with("OK ") {
+            assert!(
+                *at < down + Duration::from_millis(200) || *at > up,
+                "no OK while Redis was down: {r}"
+            );
+            acked.push(parse_ok2(r).0);
+        } else {
+            assert!(r.starts_with("ERR UNAVAILABLE"), "{r}");
+            unavailable += 1;
+        }
+    }
+    assert!(unavailable >= 100, "about 5 s of refusals: {unavailable}");
+    assert!(acked.len() >= 150, "{} acknowledged", acked.len());
+    // The subscriber (re-connecting if its stream was ended) gets every
+    // acknowledged message once, in order, or a gap notice covering it.
+    let (last, _) = all[0].ctl().send("frank", "last");
+    let mut got = Vec::new();
+    let mut gap = false;
+    loop {
+        match s.next_block() {
+            Some(e) if e.event.as_deref() == Some("gap") => gap = true,
+            Some(e) if e.comment || e.retry => {}
+            Some(e) => {
+                let id = e.id.unwrap();
+                assert!(
+                    got.last().is_none_or(|&l| l < id),
+                    "in order, once: {id} after {got:?}"
+                );
+                got.push(id);
+                if id == last {
+                    break;
+                }
+            }
+            None => {
+                let resume = got.last().copied().unwrap_or(0).to_string();
+                s = HttpStream::open(all[1].port, "/comet/frank", &[("Last-Event-ID", &resume)]);
+            }
+        }
+    }
+    let got: BTreeSet<u64> = got.into_iter().collect();
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|id| !got.contains(id))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty() || gap,
+        "acknowledged but neither delivered nor announced: {missing:?}"
+    );
+    assert!(!gap, "retention covers the outage: no gap expected");
+}
+
+#[test]
+fn clients_of_an_instance_killed_with_sigkill_resume_on_the_others() {
+    let redis = Redis::start();
+    let mut all = instances(&redis, 3, &[]);
+    let web = nginx_over(&all);
+    let (first, _) = all[0].ctl().send("gina", "before");
+    let mut s = HttpStream::open(
+        web.port,
+        "/comet/gina",
+        &[("Last-Event-ID", &(first - 1).to_string())],
+    );
+    assert_eq!(s.next_event().id, Some(first));
+    let victim = wait_for(Duration::from_secs(5), || {
+        (0..3).find(|&i| local_subscribers(&all[i]) == 1)
+    });
+    all[victim].child.kill().unwrap();
+    all[victim].child.wait().unwrap();
+    assert!(
+        s.closed(),
+        "the stream through nginx ends with its instance"
+    );
+    let other = (victim + 1) % 3;
+    let missed: Vec<u64> = (0..3)
+        .map(|i| all[other].ctl().send("gina", &format!("while away {i}")).0)
+        .collect();
+    let mut s = HttpStream::open(
+        web.port,
+        "/comet/gina",
+        &[("Last-Event-ID", &first.to_string())],
+    );
+    assert_eq!(s.status, 200);
+    let got: Vec<u64> = (0..3).map(|_| s.next_event().id.unwrap()).collect();
+    assert_eq!(got, missed, "exactly what it missed, from Redis");
+    let (live, _) = all[(victim + 2) % 3].ctl().send("gina", "live");
+    assert_eq!(s.next_event().id, Some(live));
+}
