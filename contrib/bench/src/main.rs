@@ -36,6 +36,7 @@ fn usage() -> ! {
   mbx-bench fanout --target mailboxd|nchan --addr HOST:PORT --prefix PATH
                    [--control PATH | --pub-addr HOST:PORT --pub-prefix /pub/]
                    [--subs N] [--msgs M] [--interval-ms MS] [--procs P] [--server-pids PID,PID]
+                   [--store-pids PID]
   mbx-bench throughput --target mailboxd|nchan --addr HOST:PORT --prefix PATH
                    [--control PATH | --pub-addr HOST:PORT --pub-prefix /pub/]
                    [--subs N] [--msgs M] [--procs P] [--publishers K] [--server-pids PID,PID]"
@@ -111,7 +112,11 @@ fn token_cost(args: &Args) {
         let started = std::time::Instant::now();
         let mut ok = 0u64;
         for i in 0..n {
-            ok += u64::from(secret.verify(std::hint::black_box(token), "benchmark-mailbox", i).is_ok());
+            ok += u64::from(
+                secret
+                    .verify(std::hint::black_box(token), "benchmark-mailbox", i)
+                    .is_ok(),
+            );
         }
         let us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
         println!("token_check_{label}_us={us:.3} accepted={ok}/{n}");
@@ -226,7 +231,9 @@ fn send_on_many(
         let mut batch = Vec::with_capacity(window * 48);
         for i in *next..*next + window {
             let (mailbox, payload) = make(i);
-            batch.extend_from_slice(format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes());
+            batch.extend_from_slice(
+                format!("SEND {mailbox} {}\n{payload}\n", payload.len()).as_bytes(),
+            );
         }
         *next += window;
         c.waiting = window;
@@ -248,7 +255,8 @@ fn send_on_many(
     let mut events = Events::with_capacity(256);
     let mut buf = vec![0u8; 1 << 16];
     while answered < count {
-        poll.poll(&mut events, Some(Duration::from_secs(30))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(30)))
+            .unwrap();
         assert!(!events.is_empty(), "no reply within 30 s");
         for event in events.iter() {
             let c = &mut conns[event.token().0];
@@ -487,7 +495,17 @@ fn cpu_ns(pids: &[u32]) -> u64 {
 }
 
 fn server_pids(args: &Args) -> Vec<u32> {
-    args.opt("server-pids")
+    pid_list(args, "server-pids")
+}
+
+/// Processes measured apart from the servers (a shared Redis), over the
+/// same window: `--store-pids`.
+fn store_pids(args: &Args) -> Vec<u32> {
+    pid_list(args, "store-pids")
+}
+
+fn pid_list(args: &Args, key: &str) -> Vec<u32> {
+    args.opt(key)
         .map(|s| {
             s.split(',')
                 .filter(|p| !p.is_empty())
@@ -593,6 +611,8 @@ fn fanout(args: &Args) {
     std::thread::sleep(Duration::from_millis(300));
     let pids = server_pids(args);
     let cpu_before = cpu_ns(&pids);
+    let store = store_pids(args);
+    let store_before = cpu_ns(&store);
     let mut publisher = match target {
         Target::Nchan => Some(HttpPublisher::connect(&args.str("pub-addr"))),
         Target::Mailboxd => None,
@@ -623,12 +643,14 @@ fn fanout(args: &Args) {
     }
     let m = collect(children, &tmp);
     let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
+    let store_cpu = cpu_ns(&store).saturating_sub(store_before);
     let mut to_last: Vec<u32> = m.seq_max.values().map(|&v| v as u32).collect();
     to_last.sort_unstable();
     let expected = subs as u64 * msgs;
     println!(
         "fanout subs={subs} msgs={msgs} expected={expected} received={} lost={} duplicates={} reordered={} \
-         last_median_us={} last_p99_us={} last_max_us={} p50_us={} p99_us={} max_us={} server_cpu_ms={:.1} cpu_per_delivery_us={:.3}",
+         last_median_us={} last_p99_us={} last_max_us={} p50_us={} p99_us={} max_us={} server_cpu_ms={:.1} cpu_per_delivery_us={:.3} \
+         store_cpu_ms={:.1} store_cpu_per_delivery_us={:.3}",
         m.received,
         expected.saturating_sub(m.received).max(m.lost),
         m.duplicates,
@@ -641,6 +663,8 @@ fn fanout(args: &Args) {
         m.latencies.last().copied().unwrap_or(0),
         cpu as f64 / 1e6,
         cpu as f64 / 1e3 / m.received.max(1) as f64,
+        store_cpu as f64 / 1e6,
+        store_cpu as f64 / 1e3 / m.received.max(1) as f64,
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -659,6 +683,8 @@ fn throughput(args: &Args) {
     std::thread::sleep(Duration::from_millis(300));
     let pids = server_pids(args);
     let cpu_before = cpu_ns(&pids);
+    let store = store_pids(args);
+    let store_before = cpu_ns(&store);
     let start = Instant::now();
     let start_ns = now_ns();
     match target {
@@ -699,16 +725,20 @@ fn throughput(args: &Args) {
     let published = start.elapsed().as_secs_f64();
     let m = collect(children, &tmp);
     let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
+    let store_cpu = cpu_ns(&store).saturating_sub(store_before);
     let secs = (m.last_ns.saturating_sub(start_ns)) as f64 / 1e9;
     println!(
         "throughput subs={subs} msgs={msgs} received={} lost={} duplicates={} reordered={} publish_secs={published:.3} \
-         end_to_end_secs={secs:.3} delivered_per_sec={:.0} server_cpu_ms={:.1}",
+         end_to_end_secs={secs:.3} delivered_per_sec={:.0} server_cpu_ms={:.1} \
+         store_cpu_ms={:.1} store_cpu_per_delivery_us={:.3}",
         m.received,
         (msgs as u64).saturating_sub(m.received).max(m.lost),
         m.duplicates,
         m.reordered,
         m.received as f64 / secs.max(1e-9),
         cpu as f64 / 1e6,
+        store_cpu as f64 / 1e6,
+        store_cpu as f64 / 1e3 / m.received.max(1) as f64,
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -12,7 +12,8 @@
 --   P..'nm', P..'ng' mailboxes and groups in existence
 --   P..'st'          hash of totals: r retained, rb bytes, n messages,
 --                    e evicted, x expired
---   P..'m:'..name    hash of a mailbox: h horizon, l last id, b bytes
+--   P..'m:'..name    hash of a mailbox: h horizon, b bytes (its last id is
+--                    its newest entry's, or h when it holds none)
 --   P..'q:'..name    list of its retained messages: '<id> <event>\n<data>'
 --   P..'mg:'..name   set of its groups
 --   P..'w:'..name    hash: instance -> its subscribers on the mailbox
@@ -54,15 +55,25 @@ local function ensure(name, ms, limit)
   end
   redis.call('INCR', P .. 'nm')
   local disc = redis.call('GET', P .. 'disc') or '0'
-  redis.call('HSET', m, 'h', disc, 'l', disc, 'b', 0)
+  redis.call('HSET', m, 'h', disc, 'b', 0)
   redis.call('ZADD', P .. 'idle', ms, name)
   return true
+end
+
+-- The id of a mailbox's newest message, or its horizon; false if it is gone.
+local function last_id(name)
+  local tail = redis.call('LINDEX', P .. 'q:' .. name, -1)
+  if tail then
+    return string.match(tail, '^%d+')
+  end
+  local h = redis.call('HGET', P .. 'm:' .. name, 'h')
+  return h or false
 end
 
 -- Removes a mailbox and its memberships; returns its watching instances.
 local function remove(name)
   local m = P .. 'm:' .. name
-  local last = redis.call('HGET', m, 'l')
+  local last = last_id(name)
   if not last then
     return {}
   end
@@ -106,12 +117,11 @@ end
 
 -- Appends one message to a mailbox and applies its retention; adds to the
 -- totals in `acc`.
-local function append(name, id, entry, retain, retain_bytes, acc)
+local function append(name, entry, retain, retain_bytes, acc)
   local q = P .. 'q:' .. name
   local m = P .. 'm:' .. name
   local len = redis.call('RPUSH', q, entry)
   local bytes = redis.call('HINCRBY', m, 'b', #entry)
-  redis.call('HSET', m, 'l', id)
   acc.r = acc.r + 1
   acc.rb = acc.rb + #entry
   while len > retain or (bytes > retain_bytes and len > 1) do
@@ -177,7 +187,7 @@ redis.register_function('mbx_send', function(_, a)
   local id = take_ids(1)
   local acc = totals()
   acc.n = 1
-  append(name, fmt(id), fmt(id) .. ' ' .. event .. '\n' .. data, tonumber(a[4]), tonumber(a[5]), acc)
+  append(name, fmt(id) .. ' ' .. event .. '\n' .. data, tonumber(a[4]), tonumber(a[5]), acc)
   local batches, order = {}, {}
   local live = route(name, id, batches, order)
   notify(batches, order, event, data)
@@ -210,7 +220,7 @@ redis.register_function('mbx_publish', function(_, a)
   local tail = ' ' .. event .. '\n' .. data
   for i, name in ipairs(members) do
     local id = fmt(first + i - 1)
-    append(name, id, id .. tail, retain, retain_bytes, acc)
+    append(name, id .. tail, retain, retain_bytes, acc)
     live = live + route(name, first + i - 1, batches, order)
   end
   notify(batches, order, event, data)
@@ -229,8 +239,7 @@ redis.register_function('mbx_open', function(_, a)
   redis.call('HSETNX', P .. 'w:' .. name, inst, 0)
   redis.call('SADD', P .. 'iw:' .. inst, name)
   redis.call('ZREM', P .. 'idle', name)
-  local m = redis.call('HMGET', P .. 'm:' .. name, 'h', 'l')
-  return { m[1], m[2], redis.call('LRANGE', P .. 'q:' .. name, 0, -1) }
+  return { redis.call('HGET', P .. 'm:' .. name, 'h'), last_id(name), redis.call('LRANGE', P .. 'q:' .. name, 0, -1) }
 end)
 
 -- mbx_watch: inst (name count keep)... Reports this instance's
@@ -356,8 +365,7 @@ end)
 -- mbx_info: name -> {retained, last, groups, idle_ms, subscribers} or nil
 redis.register_function('mbx_info', function(_, a)
   local name = a[1]
-  local m = P .. 'm:' .. name
-  local last = redis.call('HGET', m, 'l')
+  local last = last_id(name)
   if not last then
     return nil
   end
