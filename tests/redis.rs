@@ -42,6 +42,8 @@ impl Redis {
             .expect("redis-server is not installed: run tests/run-all.sh");
         let child = Command::new(server)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--unixsocket")
+            .arg(self.socket())
             .args([
                 "--save",
                 "",
@@ -77,6 +79,20 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// Runs a command with redis-cli; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
 }
 
 impl Drop for Redis {
@@ -88,11 +104,14 @@ impl Drop for Redis {
     }
 }
 
-/// `n` instances on `redis`, each with HTTP and FastCGI on free ports.
+/// `n` instances on `redis`, each with HTTP and FastCGI on free ports; the
+/// second reaches Redis over its Unix socket.
 fn instances(redis: &Redis, n: usize, extra: &[&str]) -> Vec<Mailboxd> {
-    let url = redis.url();
+    let tcp = redis.url();
+    let unix = format!("unix:{}", redis.socket().display());
     (0..n)
-        .map(|_| {
+        .map(|i| {
+            let url = if i == 1 { &unix } else { &tcp };
             let mut args = vec![
                 "--store",
                 url.as_str(),
@@ -441,4 +460,100 @@ fn clients_of_an_instance_killed_with_sigkill_resume_on_the_others() {
     assert_eq!(got, missed, "exactly what it missed, from Redis");
     let (live, _) = all[(victim + 2) % 3].ctl().send("gina", "live");
     assert_eq!(s.next_event().id, Some(live));
+}
+
+#[test]
+fn an_instance_cut_off_from_redis_re_feeds_what_it_missed_or_ends_the_stream() {
+    let redis = Redis::start();
+    // Instance 0 logs in as user `a`, whom the test can lock out.
+    assert_eq!(
+        redis.cli(&["ACL", "SETUSER", "a", "on", ">pw", "~*", "&*", "+@all"]),
+        "OK"
+    );
+    let url = format!("redis://a:pw@127.0.0.1:{}", redis.port);
+    let cut = Mailboxd::start_raw(&["--store", &url, "--http", "127.0.0.1:0", "--retain", "3"]);
+    wait_connected(&cut);
+    let other = instances(&redis, 1, &["--retain", "3"]).pop().unwrap();
+    let mut hank = subscribe(&cut, "/comet/hank", &[]);
+    let mut ivy = subscribe(&cut, "/comet/ivy", &[]);
+    let (h0, _) = other.ctl().send("hank", "h0");
+    let (i0, _) = other.ctl().send("ivy", "i0");
+    assert_eq!(hank.next_event().id, Some(h0));
+    assert_eq!(ivy.next_event().id, Some(i0));
+    // Locked out: its connection is killed and it cannot log in again.
+    redis.cli(&["ACL", "SETUSER", "a", "off"]);
+    redis.cli(&["CLIENT", "KILL", "USER", "a"]);
+    wait_for(Duration::from_secs(5), || {
+        cut.ctl()
+            .cmd("SEND probe 1\nx")
+            .starts_with("ERR UNAVAILABLE")
+            .then_some(())
+    });
+    // Meanwhile, through the other instance: two for hank (retained), five
+    // for ivy (more than --retain 3 keeps).
+    let missed_h: Vec<u64> = (1..=2)
+        .map(|i| other.ctl().send("hank", &format!("h{i}")).0)
+        .collect();
+    let missed_i: Vec<u64> = (1..=5)
+        .map(|i| other.ctl().send("ivy", &format!("i{i}")).0)
+        .collect();
+    redis.cli(&["ACL", "SETUSER", "a", "on"]);
+    wait_for(Duration::from_secs(10), || {
+        cut.log().contains("without it").then_some(())
+    });
+    // Hank is re-fed exactly what it missed, once, then goes on live.
+    let got: Vec<u64> = (0..2).map(|_| hank.next_event().id.unwrap()).collect();
+    assert_eq!(got, missed_h);
+    let (h3, _) = other.ctl().send("hank", "h3");
+    assert_eq!(hank.next_event().id, Some(h3));
+    // Ivy's missed messages are no longer all retained: the stream ends and
+    // the resuming client is told of the gap, then gets what is retained.
+    assert!(ivy.closed(), "the stream ends rather than skip messages");
+    let mut ivy = HttpStream::open(
+        cut.port,
+        "/comet/ivy",
+        &[("Last-Event-ID", &i0.to_string())],
+    );
+    let gap = ivy.next_event();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    let got: Vec<u64> = (0..3).map(|_| ivy.next_event().id.unwrap()).collect();
+    assert_eq!(got, missed_i[2..]);
+}
+
+#[test]
+fn garbage_from_the_store_is_refused_and_the_instance_keeps_serving() {
+    // Not Redis: answers every connection with bytes that are no RESP3 (and
+    // then with a bulk string that claims 4 GiB).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = connections.clone();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            count.fetch_add(1, Ordering::Relaxed);
+            let reply: &[u8] = if i % 2 == 0 {
+                b"\x00\xffnot resp\r\n"
+            } else {
+                b"$4294967296\r\nabc"
+            };
+            let _ = std::io::Write::write_all(&mut s, reply);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let m = Mailboxd::start_raw(&["--store", &url, "--http", "127.0.0.1:0"]);
+    wait_for(Duration::from_secs(5), || {
+        (connections.load(Ordering::Relaxed) >= 3).then_some(())
+    });
+    let r = m.ctl().cmd("SEND x 1\ny");
+    assert!(r.starts_with("ERR UNAVAILABLE"), "{r}");
+    assert_eq!(m.ctl().cmd("PING"), "PONG");
+    let (status, _, _) = get(m.port, "/comet/x?transport=poll");
+    assert_eq!(status, 503);
+    assert!(
+        m.log().contains("bad RESP3") || m.log().contains("redis"),
+        "{}",
+        m.log()
+    );
 }

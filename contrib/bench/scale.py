@@ -14,6 +14,8 @@ Scenarios, each with fresh servers and a fresh, empty Redis:
 * throughput: 1,000 mailboxes/channels, messages spread over them as fast as
   one publisher goes; delivered messages/s end to end.
 * Redis's own CPU per delivered message, over the publishing window.
+* memory: idle subscribers on one instance (one worker): the server's RSS and
+  Redis's used_memory per subscriber.
 
 50,000 subscribers need more local ports than Linux's default range gives
 one destination: the script widens net.ipv4.ip_local_port_range for the run
@@ -76,6 +78,7 @@ class Cluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_port(rport, self.redis, "redis-server")
+        self.redis_port = rport
         self.port = free_port()
         if kind == "mailboxd":
             self.controls = []
@@ -145,6 +148,37 @@ def measured(kind, n, args):
         c.stop()
 
 
+def redis_used_memory(c):
+    out = subprocess.run(["redis-cli", "-p", str(c.redis_port), "INFO", "memory"], capture_output=True, text=True).stdout
+    return int(next(line.split(":")[1] for line in out.splitlines() if line.startswith("used_memory:")))
+
+
+def memory(kind, subs):
+    """Idle subscribers on one instance / worker: its RSS and Redis's memory, per subscriber."""
+    c = Cluster(kind, 1)
+    try:
+        time.sleep(0.3)
+        rss0, redis0 = compare.rss_kib(c.measure), redis_used_memory(c)
+        per = 4750
+        holders = [subprocess.Popen([BENCH, "hold", "--addr", f"127.0.0.1:{c.port}", "--prefix", c.prefix + "h",
+                                     "--first", str(i), "--n", str(min(per, subs - i))],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                   for i in range(0, subs, per)]
+        connected = 0
+        for p in holders:
+            connected += int(compare.kv(p.stdout.readline())["connected"])
+            assert p.stdout.readline().strip() == "ready"
+        time.sleep(1.5)
+        rss1, redis1 = compare.rss_kib(c.measure), redis_used_memory(c)
+        for p in holders:
+            p.stdin.close()
+            p.wait()
+        return {"connected": connected, "rss_per_sub": (rss1 - rss0) * 1024 / max(connected, 1),
+                "redis_per_sub": (redis1 - redis0) / max(connected, 1)}
+    finally:
+        c.stop()
+
+
 def fanout(kind, n, subs, msgs, interval):
     procs = max(2, min(8, subs // 7000 + 1))
     return measured(kind, n, (["fanout"], ["--subs", str(subs), "--msgs", str(msgs), "--interval-ms", str(interval),
@@ -160,7 +194,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", action="append", choices=["big", "fanout", "throughput"])
+    ap.add_argument("--only", action="append", choices=["memory", "big", "fanout", "throughput"])
     a = ap.parse_args()
     for tool in ("nginx", "redis-server"):
         if not shutil.which(tool):
@@ -170,7 +204,7 @@ def main():
     big = 5000 if a.quick else 50000
     fan_n = 2000 if a.quick else 10000
     thr = (200, 20000) if a.quick else (1000, 200000)
-    wanted = set(a.only or ["big", "fanout", "throughput"])
+    wanted = set(a.only or ["memory", "big", "fanout", "throughput"])
     ports = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
     rows = []
 
@@ -198,6 +232,13 @@ def main():
         row(f"{label}: Redis CPU per delivery", "µs", res, "redis_us_per_delivery", "{:.3f}")
 
     try:
+        if "memory" in wanted:
+            held = 2000 if a.quick else 19000
+            print(f"memory {held}", flush=True)
+            res = {k: [memory(k, held) for _ in range(a.runs)] for k in ("mailboxd", "nchan")}
+            row(f"{held} idle subscribers on 1 instance / worker: connected", "count", res, "connected")
+            row(f"{held} idle subscribers: server RSS per subscriber", "bytes", res, "rss_per_sub")
+            row(f"{held} idle subscribers: Redis memory per subscriber", "bytes", res, "redis_per_sub")
         if "big" in wanted:
             subprocess.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"], check=True)
             print(f"fan-out {big} over 3", flush=True)

@@ -126,6 +126,8 @@ pub struct RedisStore {
     retry_at: SystemTime,
     backoff: Duration,
     down_since: Option<SystemTime>,
+    /// This outage (or the failure to connect at start) was logged.
+    outage_logged: bool,
     stats: StoreStats,
 }
 
@@ -147,6 +149,7 @@ impl RedisStore {
             retry_at: SystemTime::UNIX_EPOCH,
             backoff: BACKOFF_MIN,
             down_since: Some(SystemTime::now()),
+            outage_logged: false,
             stats: StoreStats::default(),
         }
     }
@@ -251,15 +254,16 @@ impl RedisStore {
     /// The connection is lost: commands in flight may or may not have been
     /// carried out; openings in flight are over; retry later.
     fn fail(&mut self, why: &str, now: SystemTime) {
-        if self.down_since.is_none() {
+        if !self.outage_logged {
             log::error!(
                 "redis {}: {why}; commands get ERR UNAVAILABLE until it is back",
                 self.link.addr
             );
-            self.down_since = Some(now);
+            self.outage_logged = true;
         } else {
             log::debug!("redis {}: {why}", self.link.addr);
         }
+        self.down_since.get_or_insert(now);
         self.link.close();
         for (pending, _) in std::mem::take(&mut self.pending) {
             if let Pending::Command(ticket, expect) = pending {
@@ -408,6 +412,7 @@ impl RedisStore {
         }
         let f = array(frame);
         let num = |i: usize| f.get(i).and_then(number).unwrap_or(0);
+        self.outage_logged = false;
         if let Some(since) = self.down_since.take() {
             let outage = match self.epoch {
                 Some(_) => format!(
