@@ -557,3 +557,98 @@ fn garbage_from_the_store_is_refused_and_the_instance_keeps_serving() {
         m.log()
     );
 }
+
+/// Every SSE event the mailbox holds after `resume`, as a client gets it
+/// (the gap notice included), read until `last` arrives.
+fn backlog(m: &Mailboxd, mailbox: &str, resume: u64, last: u64) -> Vec<(Option<u64>, String)> {
+    let mut s = HttpStream::open(
+        m.port,
+        &format!("/comet/{mailbox}"),
+        &[("Last-Event-ID", &resume.to_string())],
+    );
+    let mut got = Vec::new();
+    loop {
+        let e = s.next_event();
+        let id = e.id;
+        got.push((
+            id,
+            e.event
+                .filter(|ev| ev == "gap")
+                .map_or(e.data, |_| "GAP".into()),
+        ));
+        if id == Some(last) {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn group_messages_are_kept_per_member_with_their_own_ids_across_join_and_leave() {
+    let redis = Redis::start();
+    let all = instances(&redis, 2, &["--retain", "4"]);
+    let (a, b) = (&all[0], &all[1]);
+    let mut ctl = a.ctl();
+    let (start, _) = ctl.send("kim", "own 1");
+    assert_eq!(ctl.cmd("JOIN team kim lee"), "OK 2");
+    let (p1, live) = b.ctl().publish("team", "team 1", "");
+    assert_eq!((p1, live), (2, 0), "both reached, nobody connected");
+    let (own2, _) = ctl.send("kim", "own 2");
+    b.ctl().publish("team", "team 2", "lee");
+    // Kim, offline all along, resumes through the other instance: its own
+    // and its group's messages, merged in id order, no gap.
+    let info = b.ctl().cmd("INFO kim");
+    let last = field(&info, "last_id").unwrap();
+    assert_eq!(field(&info, "retained"), Some(4), "{info}");
+    let got = backlog(b, "kim", start - 1, last);
+    let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["own 1", "team 1", "own 2", "team 2"]);
+    let ids: Vec<u64> = got.iter().map(|(id, _)| id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(ids[2] == own2);
+    // Lee was excepted from the second: one message, its own id.
+    let lee_last = field(&a.ctl().cmd("INFO lee"), "last_id").unwrap();
+    let lee = backlog(a, "lee", 0, lee_last);
+    assert_eq!(
+        lee.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["team 1"]
+    );
+    assert_ne!(lee[0].0, got[1].0, "each member its own id");
+    // A member joining later does not get what was published before.
+    assert_eq!(ctl.cmd("JOIN team max"), "OK 3");
+    assert!(field(&a.ctl().cmd("INFO max"), "retained") == Some(0));
+    // Live, on both instances, through the group log.
+    let mut kim = subscribe(a, "/comet/kim", &[("Last-Event-ID", &last.to_string())]);
+    let mut max = subscribe(b, "/comet/max", &[]);
+    let (_, live) = a.ctl().publish("team", "team 3", "");
+    assert_eq!(live, 2);
+    let k3 = kim.next_event();
+    let m3 = max.next_event();
+    assert_eq!((k3.data.as_str(), m3.data.as_str()), ("team 3", "team 3"));
+    assert_ne!(k3.id, m3.id);
+    // Leaving keeps what it was sent; what comes after is not for it.
+    assert_eq!(ctl.cmd("LEAVE team kim"), "OK 2");
+    b.ctl().publish("team", "team 4", "");
+    let (own3, _) = ctl.send("kim", "own 3");
+    assert_eq!(kim.next_event().id, Some(own3), "team 4 did not reach kim");
+    let got = backlog(b, "kim", start - 1, own3);
+    let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+    // --retain 4: the oldest went, and a client from the start is told so.
+    assert_eq!(texts, ["GAP", "own 2", "team 2", "team 3", "own 3"]);
+    // Its slot is free again: a newcomer takes it, with fresh ids.
+    assert_eq!(ctl.cmd("JOIN team ned"), "OK 3");
+    let (_, live) = a.ctl().publish("team", "team 5", "");
+    assert_eq!(live, 1, "max only");
+    assert_eq!(max.next_event().data, "team 4");
+    assert_eq!(max.next_event().data, "team 5");
+    let ned_last = field(&a.ctl().cmd("INFO ned"), "last_id").unwrap();
+    let ned = backlog(b, "ned", 0, ned_last);
+    assert_eq!(
+        ned.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["team 5"]
+    );
+    let members = a.ctl().cmd("MEMBERS team");
+    assert!(
+        members.starts_with("OK 3 ") && members.contains("ned") && !members.contains("kim"),
+        "{members}"
+    );
+}

@@ -8,11 +8,16 @@
 //! ```text
 //! entry:     <id> SP [event] LF data
 //! delivery:  "D" SP <count> SP [event] LF ( <id> SP <mailbox> LF ){count} data
+//! group:     "G" SP <group> SP <first-id> SP [event] SP ( <mailbox> *( "," <mailbox> ) / "-" ) LF data
+//! joined:    "J" SP <group> SP <mailbox> SP <slot> SP <joined-after-id>
+//! left:      "L" SP <group> SP <mailbox>
 //! drop:      "X" SP <mailbox>
 //! ```
 //!
-//! One delivery notification carries a payload once, with every mailbox of
-//! that instance it went to (a `PUBLISH` to a group), each with its id.
+//! A group message is published once per instance: each member's id is
+//! the first id plus the member's slot in the group, unless the member is
+//! excepted or joined after it; the instance knows the slots of the
+//! mailboxes it watches (from their opening and from `J` and `L`).
 
 use std::fmt;
 
@@ -28,8 +33,44 @@ pub enum Notice<'a> {
         /// Each mailbox and the id the payload got there, in id order.
         targets: Vec<(u64, &'a str)>,
     },
+    /// A message published to a group.
+    Group {
+        /// The group.
+        group: &'a str,
+        /// The id of the member in slot 0.
+        first: u64,
+        /// The SSE event name, if any.
+        event: Option<&'a str>,
+        /// Members that do not get it, comma-separated (empty: none).
+        except: &'a str,
+        /// The payload.
+        data: &'a str,
+    },
+    /// A mailbox the instance watches joined a group.
+    Joined {
+        /// The group.
+        group: &'a str,
+        /// The mailbox.
+        mailbox: &'a str,
+        /// Its slot there.
+        slot: u64,
+        /// It gets the group's messages with ids above this.
+        after: u64,
+    },
+    /// A mailbox the instance watches left a group.
+    Left {
+        /// The group.
+        group: &'a str,
+        /// The mailbox.
+        mailbox: &'a str,
+    },
     /// The mailbox was dropped: its streams end.
     Dropped(&'a str),
+}
+
+/// Whether `name` is in a comma-separated `except` list.
+pub fn excepts(except: &str, name: &str) -> bool {
+    except.split(',').any(|m| m == name)
 }
 
 /// A retained message as Redis keeps it.
@@ -104,6 +145,40 @@ pub fn parse_notice(b: &[u8]) -> Result<Notice<'_>, NoticeError> {
     if let Some(name) = b.strip_prefix(b"X ") {
         return Ok(Notice::Dropped(text(name)?));
     }
+    if let Some(rest) = b.strip_prefix(b"G ") {
+        let (head, data) = split(rest, b'\n').ok_or(NoticeError::Malformed)?;
+        let mut f = text(head)?.split(' ');
+        let (Some(group), Some(first), Some(ev), Some(except), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(NoticeError::Malformed);
+        };
+        return Ok(Notice::Group {
+            group,
+            first: id(first.as_bytes())?,
+            event: event(ev.as_bytes())?,
+            except: if except == "-" { "" } else { except },
+            data: text(data)?,
+        });
+    }
+    if let Some(rest) = b.strip_prefix(b"J ") {
+        let mut f = text(rest)?.split(' ');
+        let (Some(group), Some(mailbox), Some(slot), Some(after), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(NoticeError::Malformed);
+        };
+        return Ok(Notice::Joined {
+            group,
+            mailbox,
+            slot: id(slot.as_bytes())?,
+            after: id(after.as_bytes())?,
+        });
+    }
+    if let Some(rest) = b.strip_prefix(b"L ") {
+        let (group, mailbox) = text(rest)?.split_once(' ').ok_or(NoticeError::Malformed)?;
+        return Ok(Notice::Left { group, mailbox });
+    }
     let rest = b.strip_prefix(b"D ").ok_or(NoticeError::Malformed)?;
     let (head, mut rest) = split(rest, b'\n').ok_or(NoticeError::Malformed)?;
     let (count, ev) = split(head, b' ').ok_or(NoticeError::Malformed)?;
@@ -175,12 +250,54 @@ mod tests {
             })
         );
         assert_eq!(parse_notice(b"X alice"), Ok(Notice::Dropped("alice")));
+        assert_eq!(
+            parse_notice(b"G room 100 chat alice,bob\nhi\nthere"),
+            Ok(Notice::Group {
+                group: "room",
+                first: 100,
+                event: Some("chat"),
+                except: "alice,bob",
+                data: "hi\nthere"
+            })
+        );
+        assert_eq!(
+            parse_notice(b"G room 100  -\n"),
+            Ok(Notice::Group {
+                group: "room",
+                first: 100,
+                event: None,
+                except: "",
+                data: ""
+            })
+        );
+        assert!(excepts("alice,bob", "bob") && !excepts("alice,bob", "bo") && !excepts("", "x"));
+        assert_eq!(
+            parse_notice(b"J room carol 7 99"),
+            Ok(Notice::Joined {
+                group: "room",
+                mailbox: "carol",
+                slot: 7,
+                after: 99
+            })
+        );
+        assert_eq!(
+            parse_notice(b"L room carol"),
+            Ok(Notice::Left {
+                group: "room",
+                mailbox: "carol"
+            })
+        );
         for bad in [
             &b"D 3 \n5 alice\n"[..],
             b"D x \n",
             b"Y alice",
             b"D 1\n5 a\n",
             b"D 18446744073709551616 \n",
+            b"G room x  -\n",
+            b"G room 1 -\n",
+            b"J room carol 7",
+            b"J room carol 7 8 9",
+            b"L room",
         ] {
             assert_eq!(parse_notice(bad), Err(NoticeError::Malformed), "{bad:?}");
         }
@@ -188,7 +305,7 @@ mod tests {
 
     #[test]
     fn random_input_never_panics() {
-        for input in crate::wire::random_inputs(7, b"DX 0123456789\nab\xff", 48, 2000) {
+        for input in crate::wire::random_inputs(7, b"DGJLX -,0123456789\nab\xff", 48, 2000) {
             let _ = parse_notice(&input);
             let _ = parse_entry(&input);
         }

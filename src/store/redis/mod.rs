@@ -103,6 +103,8 @@ struct Local {
     dirty: bool,
     /// Re-registration in flight: notifications are covered by its reply.
     resyncing: bool,
+    /// Its groups: name, slot, and the id after which it gets their messages.
+    groups: Vec<(Rc<str>, u64, u64)>,
 }
 
 impl Local {
@@ -120,6 +122,8 @@ pub struct RedisStore {
     pending: VecDeque<(Pending, SystemTime)>,
     events: VecDeque<StoreEvent>,
     local: HashMap<Rc<str>, Local>,
+    /// For each group, the mailboxes of `local` in it.
+    by_group: HashMap<Rc<str>, Vec<Rc<str>>>,
     dirty: Vec<Rc<str>>,
     epoch: Option<Vec<u8>>,
     next_tick: SystemTime,
@@ -143,6 +147,7 @@ impl RedisStore {
             pending: VecDeque::new(),
             events: VecDeque::new(),
             local: HashMap::new(),
+            by_group: HashMap::new(),
             dirty: Vec::new(),
             epoch: None,
             next_tick: SystemTime::UNIX_EPOCH,
@@ -217,14 +222,17 @@ impl RedisStore {
             .map(|(n, _)| n.clone())
             .collect();
         for batch in names.chunks(RESYNC_BATCH) {
-            let mut owned: Vec<Vec<u8>> = vec![instance.clone().into_bytes()];
+            let mut owned: Vec<Vec<u8>> = vec![
+                instance.clone().into_bytes(),
+                self.limits.retain.to_string().into_bytes(),
+                self.limits.retain_bytes.to_string().into_bytes(),
+            ];
             for name in batch {
                 let l = self.local.get_mut(name).expect("listed just now");
                 l.resyncing = true;
                 l.dirty = false;
                 owned.push(name.as_bytes().to_vec());
                 owned.push(l.subs.to_string().into_bytes());
-                owned.push(l.seen.to_string().into_bytes());
             }
             let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
             self.call("mbx_resync", &args, Pending::Resync(batch.to_vec()), now);
@@ -314,8 +322,10 @@ impl RedisStore {
             owned.push(name.as_bytes().to_vec());
             owned.push(l.subs.to_string().into_bytes());
             owned.push(if keep { b"1".to_vec() } else { b"0".to_vec() });
-            if !keep {
-                self.local.remove(&name);
+            if !keep && let Some(gone) = self.local.remove(&name) {
+                for (group, _, _) in gone.groups {
+                    self.unindex(&group, &name);
+                }
             }
         }
         if self.up() && owned.len() > 1 {
@@ -372,6 +382,63 @@ impl RedisStore {
                             payload: payload.clone(),
                         },
                     }));
+                }
+            }
+            Ok(Notice::Group {
+                group,
+                first,
+                event,
+                except,
+                data,
+            }) => {
+                let Some(members) = self.by_group.get(group) else {
+                    log::debug!("redis: group {group} has no mailbox watched here");
+                    return;
+                };
+                let payload = Payload::new(event, data);
+                for name in members {
+                    let Some(l) = self.local.get_mut(name) else {
+                        continue;
+                    };
+                    let Some(&(_, slot, after)) = l.groups.iter().find(|g| &*g.0 == group) else {
+                        continue;
+                    };
+                    let id = first + slot;
+                    if l.resyncing
+                        || first <= after
+                        || id <= l.seen
+                        || notice::excepts(except, name)
+                    {
+                        continue;
+                    }
+                    l.seen = id;
+                    self.events.push_back(StoreEvent::Deliver(Delivery {
+                        mailbox: name.clone(),
+                        message: Message {
+                            id,
+                            payload: payload.clone(),
+                        },
+                    }));
+                }
+            }
+            Ok(Notice::Joined {
+                group,
+                mailbox,
+                slot,
+                after,
+            }) => {
+                if let Some((name, _)) = self.local.get_key_value(mailbox) {
+                    let name = name.clone();
+                    self.join_local(&name, Rc::from(group), slot, after);
+                }
+            }
+            Ok(Notice::Left { group, mailbox }) => {
+                if let Some((name, _)) = self.local.get_key_value(mailbox) {
+                    let name = name.clone();
+                    if let Some(l) = self.local.get_mut(&name) {
+                        l.groups.retain(|g| &*g.0 != group);
+                    }
+                    self.unindex(group, &name);
                 }
             }
             Ok(Notice::Dropped(name)) => {
@@ -474,8 +541,12 @@ impl RedisStore {
                 self.events.push_back(StoreEvent::Ended(name));
                 continue;
             }
+            let mut parts = found.into_iter().skip(2);
+            let entries = parts.next().map(array).unwrap_or_default();
+            let groups = parts.next().map(array).unwrap_or_default();
+            self.set_groups(&name, &groups);
             let mut last = seen;
-            for entry in found.into_iter().nth(2).map(array).unwrap_or_default() {
+            for entry in entries {
                 let Some(m) = bytes(&entry).and_then(|b| message(b).ok()) else {
                     continue;
                 };
@@ -489,6 +560,49 @@ impl RedisStore {
             }
             if let Some(l) = self.local.get_mut(&name) {
                 l.seen = last;
+            }
+        }
+    }
+
+    /// Replaces what this instance knows of a mailbox's groups with a
+    /// flat `group, slot, after, …` list from Redis.
+    fn set_groups(&mut self, name: &Rc<str>, flat: &[OwnedFrame]) {
+        let old = match self.local.get_mut(name) {
+            Some(l) => std::mem::take(&mut l.groups),
+            None => return,
+        };
+        for (group, _, _) in old {
+            self.unindex(&group, name);
+        }
+        for g in flat.chunks_exact(3) {
+            let (Some(group), Some(slot), Some(after)) = (
+                bytes(&g[0]).and_then(|b| std::str::from_utf8(b).ok()),
+                number(&g[1]),
+                number(&g[2]),
+            ) else {
+                continue;
+            };
+            self.join_local(name, Rc::from(group), slot, after);
+        }
+    }
+
+    fn join_local(&mut self, name: &Rc<str>, group: Rc<str>, slot: u64, after: u64) {
+        let Some(l) = self.local.get_mut(name) else {
+            return;
+        };
+        l.groups.retain(|g| g.0 != group);
+        l.groups.push((group.clone(), slot, after));
+        let members = self.by_group.entry(group).or_default();
+        if !members.contains(name) {
+            members.push(name.clone());
+        }
+    }
+
+    fn unindex(&mut self, group: &str, name: &str) {
+        if let Some(members) = self.by_group.get_mut(group) {
+            members.retain(|m| &**m != name);
+            if members.is_empty() {
+                self.by_group.remove(group);
             }
         }
     }
@@ -548,11 +662,11 @@ impl RedisStore {
                 let f = array(frame);
                 let horizon = f.first().and_then(number).unwrap_or(0);
                 let last_id = f.get(1).and_then(number).unwrap_or(0);
-                let entries: Vec<Message> = f
-                    .into_iter()
-                    .nth(2)
-                    .map(array)
-                    .unwrap_or_default()
+                let mut parts = f.into_iter().skip(2);
+                let entries = parts.next().map(array).unwrap_or_default();
+                let groups = parts.next().map(array).unwrap_or_default();
+                self.set_groups(&name, &groups);
+                let entries: Vec<Message> = entries
                     .iter()
                     .filter_map(bytes)
                     .filter_map(|b| message(b).ok())
@@ -639,7 +753,8 @@ impl MailboxStore for RedisStore {
                 );
             }
             Op::Leave { group, mailboxes } => {
-                let mut args: Vec<&[u8]> = vec![group.as_bytes()];
+                let mut args: Vec<&[u8]> =
+                    vec![group.as_bytes(), retain.as_bytes(), retain_bytes.as_bytes()];
                 args.extend(mailboxes.iter().map(|m| m.as_bytes()));
                 self.call(
                     "mbx_leave",
@@ -648,12 +763,12 @@ impl MailboxStore for RedisStore {
                     now,
                 );
             }
-            Op::Members { group } => {
-                let key = format!("mbx:g:{group}");
-                self.link.command(&[b"SMEMBERS", key.as_bytes()]);
-                self.pending
-                    .push_back((Pending::Command(ticket, Expect::Members), now));
-            }
+            Op::Members { group } => self.call(
+                "mbx_members",
+                &[group.as_bytes()],
+                Pending::Command(ticket, Expect::Members),
+                now,
+            ),
             Op::Drop { mailbox } => self.call(
                 "mbx_drop",
                 &[mailbox.as_bytes()],
@@ -662,7 +777,11 @@ impl MailboxStore for RedisStore {
             ),
             Op::Info { mailbox } => self.call(
                 "mbx_info",
-                &[mailbox.as_bytes()],
+                &[
+                    mailbox.as_bytes(),
+                    retain.as_bytes(),
+                    retain_bytes.as_bytes(),
+                ],
                 Pending::Command(ticket, Expect::Info(Rc::from(mailbox.as_str()))),
                 now,
             ),
@@ -687,6 +806,8 @@ impl MailboxStore for RedisStore {
                         mailbox.as_bytes(),
                         instance.as_bytes(),
                         client_limit.to_string().as_bytes(),
+                        retain.as_bytes(),
+                        retain_bytes.as_bytes(),
                     ],
                     Pending::Command(ticket, Expect::Open(key, resume)),
                     now,
