@@ -13,9 +13,13 @@
 //! Who waits where stays local: Redis only knows, per mailbox, how many
 //! subscribers each instance has (for `<live>` and expiry). A message is
 //! stored by whichever instance received the command and published once
-//! to each instance with subscribers on the mailbox (once per instance for
-//! a whole `PUBLISH`); the instance hands it to its subscribers as a
-//! [`StoreEvent::Deliver`].
+//! to each instance with subscribers on the mailbox; the instance hands it
+//! to its subscribers as a [`StoreEvent::Deliver`]. A group message is
+//! stored once, in the group's log, and published once per instance with
+//! subscribers on any member; each member's id is the message's first id
+//! plus the member's slot in the group, which this instance knows for the
+//! mailboxes it watches (`Local::groups`, from their opening and from join
+//! and leave notices), so it computes the deliveries itself.
 //!
 //! Losing Redis: commands in flight complete as [`StoreError::Unknown`],
 //! new ones as [`StoreError::Unavailable`], parked clients stay parked.
