@@ -113,6 +113,10 @@ pub struct Config {
     pub control_allow: Vec<Credential>,
     /// Peers allowed on FastCGI and SCGI TCP listeners.
     pub gateway_allow: Vec<Cidr>,
+    /// Where Prometheus fetches `/metrics`; `None`: no metrics listener.
+    pub metrics: Option<ListenAddr>,
+    /// Peers allowed on the metrics listener.
+    pub metrics_allow: Vec<Cidr>,
     /// The file holding the token-signing secret; `None` runs open.
     pub secret_file: Option<PathBuf>,
     /// Bytes all retained messages together may cost.
@@ -172,6 +176,8 @@ impl Default for Config {
             control_mode: 0o600,
             control_allow: Vec::new(),
             gateway_allow: crate::peer::loopback(),
+            metrics: None,
+            metrics_allow: crate::peer::loopback(),
             secret_file: None,
             // Enough for 100 messages of 1 KiB in each of 10,000 mailboxes;
             // past it the oldest retained messages go first, server-wide.
@@ -281,6 +287,8 @@ struct Settings {
     control_mode: Option<String>,
     control_allow: Option<Vec<String>>,
     gateway_allow: Option<Vec<String>>,
+    metrics: Option<String>,
+    metrics_allow: Option<Vec<String>>,
     secret_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     store: Option<String>,
@@ -333,6 +341,22 @@ impl Settings {
             config.control_allow = list
                 .iter()
                 .map(|s| Credential::parse(s).map_err(|e| format!("control-allow: {e}")))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(addr) = &self.metrics {
+            match ListenAddr::parse(addr)? {
+                a @ ListenAddr::Tcp(_) => config.metrics = Some(a),
+                ListenAddr::Unix(_) => {
+                    return Err(format!(
+                        "metrics: '{addr}' must be HOST:PORT (Prometheus scrapes TCP)"
+                    ));
+                }
+            }
+        }
+        if let Some(list) = &self.metrics_allow {
+            config.metrics_allow = list
+                .iter()
+                .map(|s| Cidr::parse(s).map_err(|e| format!("metrics-allow: {e}")))
                 .collect::<Result<_, _>>()?;
         }
         if let Some(list) = &self.gateway_allow {
@@ -483,6 +507,12 @@ Durability:
   --compact-after BYTES    journal size past which a snapshot is written by a forked
                            child [default: 67108864]
 
+Monitoring:
+  --metrics HOST:PORT      serve Prometheus metrics on http://HOST:PORT/metrics
+                           [default: none]
+  --metrics-allow LIST     address blocks allowed to fetch metrics, comma-separated,
+                           repeatable [default: 127.0.0.0/8,::1/128]
+
 Several instances:
   --store URL              keep mailboxes, groups, retained messages, ids and expiry in
                            Redis (7 or later), shared by every instance naming it:
@@ -546,6 +576,11 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
             "control-mode" => cli.control_mode = Some(value),
             "control-allow" => cli
                 .control_allow
+                .get_or_insert_with(Vec::new)
+                .extend(value.split(',').map(str::to_string)),
+            "metrics" => cli.metrics = Some(value),
+            "metrics-allow" => cli
+                .metrics_allow
                 .get_or_insert_with(Vec::new)
                 .extend(value.split(',').map(str::to_string)),
             "gateway-allow" => cli

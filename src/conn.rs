@@ -386,6 +386,8 @@ pub enum Kind {
     Fcgi,
     /// A web server speaking SCGI.
     Scgi,
+    /// A monitoring system fetching `/metrics`.
+    Metrics,
 }
 
 impl Kind {
@@ -396,6 +398,7 @@ impl Kind {
             Kind::Http => "http",
             Kind::Fcgi => "fastcgi",
             Kind::Scgi => "scgi",
+            Kind::Metrics => "metrics",
         }
     }
 }
@@ -412,6 +415,8 @@ pub enum Session {
     Fcgi(FcgiState),
     /// A web server speaking SCGI.
     Scgi(ScgiState),
+    /// A `/metrics` request being read; it is answered and closed.
+    Metrics(Vec<u8>),
 }
 
 impl Session {
@@ -422,6 +427,7 @@ impl Session {
             Session::Http(_) => Kind::Http,
             Session::Fcgi(_) => Kind::Fcgi,
             Session::Scgi(_) => Kind::Scgi,
+            Session::Metrics(_) => Kind::Metrics,
         }
     }
 
@@ -466,6 +472,7 @@ impl Conn {
             Session::Http(h) => h.inbuf.capacity(),
             Session::Scgi(s) => s.inbuf.capacity(),
             Session::Fcgi(f) => f.inbuf.capacity() + f.params_bytes(),
+            Session::Metrics(b) => b.capacity(),
             Session::Control(_) => 0,
         }
     }
@@ -502,7 +509,9 @@ impl Conn {
                     r.phase = FcgiPhase::Active(exchange);
                 }
             }
-            Session::Control(_) => debug_assert!(false, "control connections have no exchanges"),
+            Session::Control(_) | Session::Metrics(_) => {
+                debug_assert!(false, "control and metrics connections have no exchanges")
+            }
         }
     }
 
@@ -520,7 +529,9 @@ impl Conn {
                     r.phase = FcgiPhase::Opening(opening);
                 }
             }
-            Session::Control(_) => debug_assert!(false, "control connections open nothing"),
+            Session::Control(_) | Session::Metrics(_) => {
+                debug_assert!(false, "control and metrics connections open nothing")
+            }
         }
     }
 
@@ -587,6 +598,7 @@ impl Conn {
         let mut bytes = Vec::with_capacity(192);
         match &self.session {
             Session::Http(h) => http::encode_head(head, h.keep_alive, &mut bytes),
+            Session::Metrics(_) => http::encode_head(head, false, &mut bytes),
             Session::Scgi(_) => cgi::encode_head(head, &mut bytes),
             Session::Fcgi(_) => {
                 let mut cgi_head = Vec::with_capacity(160);
@@ -635,7 +647,7 @@ impl Conn {
                 h.phase = HttpPhase::Head;
                 true
             }
-            Session::Http(_) => false,
+            Session::Http(_) | Session::Metrics(_) => false,
             Session::Scgi(s) => {
                 s.phase = ScgiPhase::Done;
                 false
@@ -688,26 +700,6 @@ pub fn sub_id(key: usize, rid: u16) -> SubscriberId {
     SubscriberId(((key as u64) << 16) | rid as u64)
 }
 
-/// Counters about connections, for `STATS`.
-#[derive(Debug, Default, Clone)]
-pub struct ConnCounters {
-    /// Frames written to subscribers since start.
-    pub written: u64,
-    /// Clients disconnected for exceeding `max-output`.
-    pub slow_closed: u64,
-    /// Connections accepted since start.
-    pub accepted: u64,
-    /// Connections refused by `max-connections` (or the control limit with
-    /// every control connection busy).
-    pub refused: u64,
-    /// Peers refused by `--gateway-allow` or `--control-allow`.
-    pub denied: u64,
-    /// `accept` failures, descriptor exhaustion among them.
-    pub accept_errors: u64,
-    /// Idle control connections closed to make room for a new one.
-    pub control_evicted: u64,
-}
-
 /// All connections, plus the per-turn work lists that refer to them.
 #[derive(Debug, Default)]
 pub struct Conns {
@@ -725,11 +717,13 @@ pub struct Conns {
     /// Reused encoding space.
     pub scratch: Vec<Chunk>,
     /// Counters.
-    pub counters: ConnCounters,
+    pub counters: crate::metrics::Counters,
     /// Warnings a peer can trigger at will, rate-limited.
     pub warnings: Warnings,
     /// Control connections open.
     pub control: usize,
+    /// Metrics connections open.
+    pub metrics: usize,
     /// The one buffer every read goes through ([`READ_CHUNK`] bytes once allocated).
     pub read_buf: Vec<u8>,
     /// What all unfinished client requests hold, summed from [`Conn::head_held`].

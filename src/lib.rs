@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod limits;
 pub mod message;
+pub mod metrics;
 pub mod name;
 pub mod outbuf;
 pub mod peer;

@@ -48,6 +48,8 @@ pub enum HttpStatus {
     BadRequest,
     /// 403: a token is required and was missing, invalid or expired.
     Forbidden,
+    /// 404: on the metrics listener, anything but `/metrics`.
+    NotFound,
     /// 405: anything but GET.
     MethodNotAllowed,
     /// 429: the mailbox already has `max-subscribers` requests.
@@ -63,6 +65,7 @@ impl HttpStatus {
             HttpStatus::Ok => (200, "OK"),
             HttpStatus::BadRequest => (400, "Bad Request"),
             HttpStatus::Forbidden => (403, "Forbidden"),
+            HttpStatus::NotFound => (404, "Not Found"),
             HttpStatus::MethodNotAllowed => (405, "Method Not Allowed"),
             HttpStatus::TooManyRequests => (429, "Too Many Requests"),
             HttpStatus::ServiceUnavailable => (503, "Service Unavailable"),

@@ -42,6 +42,7 @@ use crate::conn::{
 use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::peer;
+use crate::session::MAX_METRICS_CONNS;
 use crate::store::MailboxStore;
 use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
@@ -168,9 +169,10 @@ impl Server {
                     .scgi
                     .iter()
                     .map(|a| (Kind::Scgi, a, config.socket_mode)),
-            );
+            )
+            .chain(config.metrics.iter().map(|a| (Kind::Metrics, a, None)));
         for (i, (kind, addr, mode)) in wanted.enumerate() {
-            let reuse_port = config.reuse_port && kind != Kind::Control;
+            let reuse_port = config.reuse_port && !matches!(kind, Kind::Control | Kind::Metrics);
             let mut socket = bind(addr, mode, reuse_port)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
             let token = Token(LISTENER_BASE + i);
@@ -227,6 +229,7 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(event, now);
             }
+            let turn = now;
             self.fire_timers(now);
             self.settle(now);
             // Results a store held for its commit (a journal's fsync) are
@@ -237,6 +240,8 @@ impl Server {
             self.flush(now);
             let closed = self.reap(now);
             self.retry_accepts(now, closed > 0);
+            let spent = turn.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            self.conns.counters.turns.observe(spent);
         }
     }
 
@@ -346,6 +351,7 @@ impl Server {
                 Kind::Control => {
                     self.conns.control >= limits::MAX_CONTROL_CONNS && !self.close_idle_control()
                 }
+                Kind::Metrics => self.conns.metrics >= MAX_METRICS_CONNS,
                 Kind::Http | Kind::Fcgi | Kind::Scgi => self.clients >= self.config.max_connections,
             };
             if full {
@@ -380,6 +386,13 @@ impl Server {
                 Kind::Control => {
                     self.conns.control += 1;
                     (Session::Control(ControlState::new(now)), TimerId::NONE)
+                }
+                Kind::Metrics => {
+                    self.conns.metrics += 1;
+                    let timer =
+                        self.timers
+                            .insert(now + self.config.request_timeout, key, CONN_SLOT);
+                    (Session::Metrics(Vec::new()), timer)
                 }
                 Kind::Http | Kind::Fcgi | Kind::Scgi => {
                     self.clients += 1;
@@ -451,6 +464,17 @@ impl Server {
                 Some(format!(
                     "{} connection from {addr} refused: not in gateway-allow",
                     kind.name()
+                ))
+            }
+            (Kind::Metrics, _, Some(addr))
+                if !self
+                    .config
+                    .metrics_allow
+                    .iter()
+                    .any(|c| c.contains(addr.ip())) =>
+            {
+                Some(format!(
+                    "metrics connection from {addr} refused: not in metrics-allow"
                 ))
             }
             (Kind::Control, Socket::Unix(s), _) if !self.config.control_allow.is_empty() => {
@@ -631,6 +655,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut conn.socket);
             match &conn.session {
                 Session::Control(_) => self.conns.control -= 1,
+                Session::Metrics(_) => self.conns.metrics -= 1,
                 _ => self.clients -= 1,
             }
             closed += 1;

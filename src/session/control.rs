@@ -125,14 +125,20 @@ impl Server {
                         format!("payload of {len} bytes exceeds max-message ({max_message})"),
                     )))
                 }
-                Frame::Request { line, payload } => match control::parse_command(line, payload) {
-                    Ok(Command::Quit) => {
-                        self.queue_reply(key, PendingReply::Close);
-                        break;
+                Frame::Request { line, payload } => {
+                    let parsed = control::parse_command(line, payload);
+                    if let Ok(command) = &parsed {
+                        self.conns.counters.commands[command.verb_index()] += 1;
                     }
-                    Ok(command) => self.execute(key, command, now),
-                    Err(e) => PendingReply::Ready(Err(e)),
-                },
+                    match parsed {
+                        Ok(Command::Quit) => {
+                            self.queue_reply(key, PendingReply::Close);
+                            break;
+                        }
+                        Ok(command) => self.execute(key, command, now),
+                        Err(e) => PendingReply::Ready(Err(e)),
+                    }
+                }
             };
             if let PendingReply::Ready(Err(e)) = &reply {
                 log::debug!("conn={key} control {e}");
@@ -175,9 +181,15 @@ impl Server {
         }
         let mut bytes = Vec::new();
         let mut close = false;
+        let errors = &mut self.conns.counters.errors;
         for reply in c.pending.drain(..c.resolved as usize) {
             match reply {
-                PendingReply::Ready(r) => control::render(&mut bytes, &r),
+                PendingReply::Ready(r) => {
+                    if let Err(e) = &r {
+                        errors[e.code.index()] += 1;
+                    }
+                    control::render(&mut bytes, &r)
+                }
                 PendingReply::Close => {
                     close = true;
                     break;
@@ -354,32 +366,7 @@ impl Server {
     }
 
     fn stats_line(&self, now: Instant) -> String {
-        let s = self.store.stats();
-        let c = &self.conns.counters;
-        format!(
-            "connections={} subscribers={} mailboxes={} groups={} delivered={} written={} retained={} evicted={} expired={} slow_closed={} accepted={} refused={} control={} uptime={} denied={} accept_errors={} control_evicted={} retained_bytes={} journal_syncs={} journal_bytes={} snapshots={}",
-            self.clients,
-            self.subscribers.total(),
-            s.mailboxes,
-            s.groups,
-            s.messages,
-            c.written,
-            s.retained,
-            s.evicted,
-            s.expired,
-            c.slow_closed,
-            c.accepted,
-            c.refused,
-            self.conns.control,
-            now.saturating_duration_since(self.started).as_secs(),
-            c.denied,
-            c.accept_errors,
-            c.control_evicted,
-            s.retained_bytes,
-            s.journal_syncs,
-            s.journal_bytes,
-            s.snapshots,
-        )
+        self.figures(now).stats_line()
     }
 }
 

@@ -35,6 +35,10 @@ impl Server {
             Some(Session::Http(_)) => self.http_readable(key, now),
             Some(Session::Fcgi(_)) => self.fcgi_readable(key, now),
             Some(Session::Scgi(_)) => self.scgi_readable(key, now),
+            Some(Session::Metrics(_)) => {
+                self.metrics_readable(key, now);
+                return;
+            }
             Some(Session::Control(_)) | None => return,
         }
         if self.conns.account_head(key, MAX_HEAD_MEMORY) {
@@ -205,6 +209,7 @@ impl Server {
         let sub = sub_id(key, rid);
         if route.transport == Transport::Poll {
             if backlog.gap || !backlog.messages.is_empty() {
+                self.conns.counters.gaps += u64::from(backlog.gap);
                 // Something to say already: answer without parking. A
                 // mailbox opened only to report a gap goes again at once.
                 let body = poll_body(
@@ -256,6 +261,7 @@ impl Server {
         let scratch = &mut self.conns.scratch;
         scratch.extend(transport.preamble(self.config.retry_ms));
         if backlog.gap {
+            self.conns.counters.gaps += 1;
             transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
         }
         for msg in &backlog.messages {

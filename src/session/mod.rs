@@ -9,11 +9,13 @@
 //! | [`fcgi`] | a web server over FastCGI: records, concurrent requests, abort |
 //! | [`scgi`] | a web server over SCGI: one request per connection |
 //! | [`exchange`] | what every client gateway shares: a request parked on a mailbox |
+//! | [`metrics`] | a monitoring system: one `GET /metrics`, answered, closed |
 
 mod control;
 mod exchange;
 mod fcgi;
 mod http;
+mod metrics;
 mod scgi;
 
 /// How long a FastCGI connection that a web server keeps for reuse
@@ -34,3 +36,7 @@ pub const MAX_HEAD_MEMORY: usize = 64 << 20;
 /// client has one or two answers in flight, and a client that pipelines
 /// without reading then holds at most this plus one answer.
 pub const PIPELINE_HIGH: usize = 64 * 1024;
+
+/// Metrics connections open at once; a scraper needs one, a few more cover
+/// several scrapers and a person with curl.
+pub const MAX_METRICS_CONNS: usize = 16;

@@ -272,6 +272,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in a fixed order (for counting by code).
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::Unknown,
+        ErrorCode::Syntax,
+        ErrorCode::Name,
+        ErrorCode::Option,
+        ErrorCode::TooBig,
+        ErrorCode::Utf8,
+        ErrorCode::NotFound,
+        ErrorCode::Full,
+        ErrorCode::Length,
+        ErrorCode::Line,
+        ErrorCode::Frame,
+        ErrorCode::NoSecret,
+        ErrorCode::Unavailable,
+    ];
+
+    /// Its position in [`ErrorCode::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -288,6 +310,30 @@ impl ErrorCode {
             ErrorCode::Frame => "FRAME",
             ErrorCode::NoSecret => "NOSECRET",
             ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// The verbs of [`Command`], in the order of [`Command::verb_index`].
+pub const VERBS: [&str; 11] = [
+    "PING", "STATS", "QUIT", "SEND", "PUBLISH", "JOIN", "LEAVE", "MEMBERS", "DROP", "TOKEN", "INFO",
+];
+
+impl Command<'_> {
+    /// The command's verb, as its position in [`VERBS`].
+    pub fn verb_index(&self) -> usize {
+        match self {
+            Command::Ping => 0,
+            Command::Stats => 1,
+            Command::Quit => 2,
+            Command::Send { .. } => 3,
+            Command::Publish { .. } => 4,
+            Command::Join { .. } => 5,
+            Command::Leave { .. } => 6,
+            Command::Members { .. } => 7,
+            Command::Drop { .. } => 8,
+            Command::Token { .. } => 9,
+            Command::Info { .. } => 10,
         }
     }
 }
@@ -743,6 +789,20 @@ mod tests {
             Command::Members { group: "g" }
         );
         assert_eq!(req("DROP a", None).unwrap(), Command::Drop { mailbox: "a" });
+        for (i, verb) in VERBS.iter().enumerate() {
+            let line = match *verb {
+                "SEND" | "PUBLISH" => format!("{verb} a 0"),
+                "JOIN" | "LEAVE" => format!("{verb} g a"),
+                "MEMBERS" | "DROP" | "INFO" => format!("{verb} a"),
+                "TOKEN" => format!("{verb} a 60"),
+                _ => verb.to_string(),
+            };
+            let payload = line.ends_with(" 0").then_some("");
+            assert_eq!(req(&line, payload).unwrap().verb_index(), i, "{verb}");
+        }
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(code.index(), i);
+        }
         assert_eq!(req("INFO a", None).unwrap(), Command::Info { mailbox: "a" });
         assert_eq!(req("STATS", None).unwrap(), Command::Stats);
         assert_eq!(req("QUIT", None).unwrap(), Command::Quit);

@@ -89,7 +89,7 @@ impl Mailboxd {
         cmd.envs(env.iter().copied());
         let listeners = args
             .iter()
-            .filter(|a| ["--http", "--fastcgi", "--scgi"].contains(a))
+            .filter(|a| ["--http", "--fastcgi", "--scgi", "--metrics"].contains(a))
             .count();
         Self::spawn(cmd, dir, control, 1 + listeners.max(1))
     }
