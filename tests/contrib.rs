@@ -240,3 +240,127 @@ fn backend_token_examples_match_the_vector_and_the_server() {
         assert_eq!(status, 403, "{lang}: bound to its mailbox");
     }
 }
+
+#[test]
+fn mailboxctl_watch_follows_a_mailbox_with_a_token_and_resumes_after_a_dropped_stream() {
+    let dir = TempDir::new("watch");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a watch test key of enough bytes").unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&secret, mode).unwrap();
+    let srv = Mailboxd::start(&[
+        "--secret-file",
+        secret.to_str().unwrap(),
+        "--retry-ms",
+        "200",
+    ]);
+    let mut ctl = srv.ctl();
+    let (first, _) = ctl.send("alice", "before");
+    let mut watch = std::process::Command::new(bin("mailboxctl"))
+        .args([
+            "watch",
+            "alice",
+            "--count",
+            "3",
+            "--from",
+            &first.to_string(),
+        ])
+        .args(["--url", &format!("http://127.0.0.1:{}", srv.port)])
+        .env("MAILBOXD_SOCKET", &srv.control)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    srv.wait_info("alice", |r| r.contains("subscribers=1"));
+    let (a, _) = ctl.send("alice", "one");
+    // The stream ends (DROP); watch comes back with Last-Event-ID.
+    assert_eq!(ctl.cmd("DROP alice"), "OK");
+    srv.wait_info("alice", |r| r.contains("subscribers=1"));
+    let b = ctl.send_event("alice", "chat", "two");
+    let (c, _) = ctl.send("alice", "three");
+    let out = watch.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, format!("{a} one\n{b} chat two\n{c} three\n"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reconnecting"));
+}
+
+#[test]
+fn shell_completions_know_every_command_and_flag_the_binaries_do() {
+    let help = |b: &str| {
+        let out = Command::new(bin(b)).arg("-h").output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let flags = |text: &str| -> Vec<String> {
+        text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']')
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| {
+                w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                    .to_string()
+            })
+            .collect()
+    };
+    let ctl_help = help("mailboxctl");
+    let commands: Vec<&str> = ctl_help
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.trim().starts_with('-'))
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(commands.len() >= 11, "{commands:?}");
+    for (file, words) in [
+        (
+            "completions/mailboxctl.bash",
+            commands
+                .iter()
+                .map(|c| c.to_string())
+                .chain(flags(&ctl_help))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "completions/_mailboxctl",
+            commands
+                .iter()
+                .map(|c| format!("'{c}:"))
+                .chain(flags(&ctl_help))
+                .collect(),
+        ),
+        ("completions/mailboxd.bash", flags(&help("mailboxd"))),
+        ("completions/_mailboxd", flags(&help("mailboxd"))),
+    ] {
+        let text = std::fs::read_to_string(contrib(file)).unwrap();
+        for w in words {
+            assert!(text.contains(&w), "{file} lacks {w}");
+        }
+    }
+    // bash really completes with them.
+    let script = format!(
+        "source {}; source {}; \
+         COMP_WORDS=(mailboxctl s); COMP_CWORD=1; _mailboxctl; echo \"${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(mailboxctl --socket /tmp/x pu); COMP_CWORD=3; _mailboxctl; echo \"${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(mailboxctl send al); COMP_CWORD=2; _mailboxctl; echo \"[${{COMPREPLY[*]}}]\"; \
+         COMP_WORDS=(mailboxd --fsync e); COMP_CWORD=2; _mailboxd; echo \"${{COMPREPLY[*]}}\"; \
+         COMP_WORDS=(mailboxd --max-m); COMP_CWORD=1; _mailboxd; echo \"${{COMPREPLY[*]}}\"",
+        contrib("completions/mailboxctl.bash").display(),
+        contrib("completions/mailboxd.bash").display()
+    );
+    let (code, out, err) = run(Command::new("bash").args(["-c", &script]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "send stats\npublish\n[]\neverysec\n--max-mailboxes --max-message --max-memory\n"
+    );
+    // zsh parses its completion files.
+    let zsh = which("zsh");
+    for file in ["completions/_mailboxctl", "completions/_mailboxd"] {
+        let (code, _, err) = run(Command::new(&zsh).arg("-n").arg(contrib(file)));
+        assert_eq!(code, 0, "{file}: {err}");
+    }
+}

@@ -19,6 +19,7 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v prlimit >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v zsh >/dev/null || need+=(zsh)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use mailboxd::config::default_control;
 
+mod watch;
+
 const HELP: &str = "\
 mailboxctl: talk to mailboxd's control socket.
 
@@ -29,6 +31,11 @@ Commands:
   info <mailbox>
   stats
   token <mailbox> <ttl-seconds>
+  watch <mailbox> [--url URL] [--from ID] [--count N]
+                      follow a mailbox as a browser would: one line per message
+                      (\"<id> [<event>] <data>\"), resuming after a dropped stream;
+                      URL is mailboxd's HTTP listener [default: http://127.0.0.1:8420];
+                      a token comes from the control socket when one is needed
 
   -s, --socket PATH   control socket [default: $MAILBOXD_SOCKET, else mailboxd's default:
                       /run/mailboxd/control.sock for root,
@@ -50,6 +57,9 @@ struct Invocation {
     words: Vec<String>,
     event: Option<String>,
     except: Option<String>,
+    url: String,
+    from: Option<u64>,
+    count: Option<u64>,
 }
 
 fn parse_args() -> Result<Option<Invocation>, String> {
@@ -61,6 +71,9 @@ fn parse_args() -> Result<Option<Invocation>, String> {
         words: Vec::new(),
         event: None,
         except: None,
+        url: "http://127.0.0.1:8420".into(),
+        from: None,
+        count: None,
     };
     let text = |v: std::ffi::OsString| {
         v.into_string()
@@ -83,6 +96,23 @@ fn parse_args() -> Result<Option<Invocation>, String> {
             }
             Long("event") => inv.event = Some(text(parser.value().map_err(|e| e.to_string())?)?),
             Long("except") => inv.except = Some(text(parser.value().map_err(|e| e.to_string())?)?),
+            Long("url") => inv.url = text(parser.value().map_err(|e| e.to_string())?)?,
+            Long("from") | Long("count") => {
+                let name = if matches!(arg, Long("from")) {
+                    "from"
+                } else {
+                    "count"
+                };
+                let v = text(parser.value().map_err(|e| e.to_string())?)?;
+                let n = v
+                    .parse::<u64>()
+                    .map_err(|_| format!("--{name}: '{v}' is not a whole number"))?;
+                if name == "from" {
+                    inv.from = Some(n);
+                } else {
+                    inv.count = Some(n);
+                }
+            }
             Value(v) => inv.words.push(text(v)?),
             _ => return Err(arg.unexpected().to_string()),
         }
@@ -161,6 +191,74 @@ fn build_request(inv: &Invocation) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Sends one request on the control socket and returns the reply line.
+/// Connecting blocks while the server's accept queue is full, which no
+/// socket timeout covers; the exchange runs on a helper thread and this
+/// gives up on it at the deadline.
+fn ask(socket: &std::path::Path, timeout: Duration, request: Vec<u8>) -> io::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        let reply = UnixStream::connect(&socket).and_then(|mut stream| {
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.write_all(&request)?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line)?;
+            Ok(line)
+        });
+        let _ = tx.send(reply);
+    });
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// `watch`: a token if the server wants one, then the stream.
+fn watch(inv: &Invocation) -> ExitCode {
+    let [_, mailbox] = &inv.words[..] else {
+        eprintln!("mailboxctl: watch takes one mailbox");
+        return ExitCode::from(2);
+    };
+    let (authority, prefix) = match watch::parse_url(&inv.url) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("mailboxctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A day's token; without a secret the server answers ERR NOSECRET.
+    let token = match ask(
+        &inv.socket,
+        inv.timeout,
+        format!("TOKEN {mailbox} 86400\n").into_bytes(),
+    ) {
+        Ok(line) => line.strip_prefix("OK ").map(|t| t.trim().to_string()),
+        Err(_) => None,
+    };
+    let mut w = watch::Watch {
+        authority,
+        prefix,
+        mailbox: mailbox.clone(),
+        token,
+        from: inv.from,
+        count: inv.count,
+    };
+    match watch::run(&mut w, &mut io::stdout()) {
+        Ok(watch::Stop::Done) => ExitCode::SUCCESS,
+        Ok(watch::Stop::Refused(status, text)) => {
+            eprintln!(
+                "mailboxctl: {} refused the stream: {status} {text}",
+                inv.url
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mailboxctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let inv = match parse_args() {
         Ok(Some(inv)) => inv,
@@ -173,6 +271,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if inv
+        .words
+        .first()
+        .is_some_and(|c| c.eq_ignore_ascii_case("watch"))
+    {
+        return watch(&inv);
+    }
     let request = match build_request(&inv) {
         Ok(r) => r,
         Err(e) => {
@@ -180,26 +285,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Connecting blocks while the server's accept queue is full, which no
-    // socket timeout covers; the exchange runs on a helper thread and the
-    // process gives up on it at the deadline.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (socket, timeout) = (inv.socket.clone(), inv.timeout);
-    std::thread::spawn(move || {
-        let reply = UnixStream::connect(&socket).and_then(|mut stream| {
-            stream.set_read_timeout(Some(timeout))?;
-            stream.set_write_timeout(Some(timeout))?;
-            stream.write_all(&request)?;
-            let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line)?;
-            Ok(line)
-        });
-        let _ = tx.send(reply);
-    });
-    let reply = rx
-        .recv_timeout(inv.timeout)
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-    match reply {
+    match ask(&inv.socket, inv.timeout, request) {
         Ok(line) if line.is_empty() => {
             eprintln!("mailboxctl: the server closed the connection without a reply");
             ExitCode::from(2)
