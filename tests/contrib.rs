@@ -256,7 +256,7 @@ fn mailboxctl_watch_follows_a_mailbox_with_a_token_and_resumes_after_a_dropped_s
     ]);
     let mut ctl = srv.ctl();
     let (first, _) = ctl.send("alice", "before");
-    let mut watch = std::process::Command::new(bin("mailboxctl"))
+    let watch = std::process::Command::new(bin("mailboxctl"))
         .args([
             "watch",
             "alice",
