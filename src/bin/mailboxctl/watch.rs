@@ -162,10 +162,8 @@ fn stream(
             ev.event = Some(v.to_string());
         } else if let Some(v) = line.strip_prefix("data: ") {
             ev.data.push(v.to_string());
-        } else if let Some(v) = line.strip_prefix("retry: ") {
-            if let Ok(ms) = v.parse() {
-                *retry = Duration::from_millis(ms);
-            }
+        } else if let Some(Ok(ms)) = line.strip_prefix("retry: ").map(str::parse) {
+            *retry = Duration::from_millis(ms);
         }
     }
     Ok(None)
