@@ -1,6 +1,7 @@
 //! The same client behaviour through every front: mailboxd's own HTTP
-//! listener, and real nginx and lighttpd speaking FastCGI, SCGI and HTTP to
-//! it (TCP and Unix sockets), each started from the shipped contrib config.
+//! listener, and real nginx, lighttpd and Apache speaking FastCGI, SCGI and
+//! HTTP to it, and Caddy speaking HTTP and FastCGI (TCP and Unix sockets),
+//! each started from the shipped contrib config.
 
 mod common;
 
@@ -263,4 +264,55 @@ fn lighttpd_http() {
 #[test]
 fn lighttpd_fastcgi_unix() {
     through_lighttpd("fastcgi-unix", "fastcgi");
+}
+
+/// Apache and Caddy, from the shipped configs, over TCP.
+fn through(server: &str, gateway: &str) -> Duration {
+    let srv = mailboxd(gateway, "127.0.0.1:0");
+    let upstream: u16 = srv
+        .addr(gateway)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let web = match server {
+        "apache" => WebServer::apache(gateway, upstream),
+        _ => WebServer::caddy(gateway, upstream),
+    };
+    suite(&srv, web.port, &web.name)
+}
+
+// Apache notices a vanished client only when a write to it fails: the
+// second heartbeat after it left (2 s apart here).
+#[test]
+fn apache_fastcgi() {
+    let delay = through("apache", "fastcgi");
+    assert!(delay < Duration::from_secs(6), "{delay:?}");
+}
+
+#[test]
+fn apache_scgi() {
+    let delay = through("apache", "scgi");
+    assert!(delay < Duration::from_secs(6), "{delay:?}");
+}
+
+#[test]
+fn apache_http() {
+    let delay = through("apache", "http");
+    assert!(delay < Duration::from_secs(6), "{delay:?}");
+}
+
+// Caddy closes the upstream only once writes to the vanished client have
+// failed: measured at four heartbeats (2 s apart here), 8 s.
+#[test]
+fn caddy_http() {
+    let delay = through("caddy", "http");
+    assert!(delay < Duration::from_secs(10), "{delay:?}");
+}
+
+#[test]
+fn caddy_fastcgi() {
+    let delay = through("caddy", "fastcgi");
+    assert!(delay < Duration::from_secs(10), "{delay:?}");
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs (Debian packages, only when missing) and
 # runs every test: codec unit tests, the real binary over real sockets,
-# end-to-end runs behind real lighttpd and nginx, and attacks (including a
-# vanished peer in network namespaces, hence root).
+# end-to-end runs behind real lighttpd, nginx, Apache and Caddy, Redis and
+# promtool, and attacks (including a vanished peer in network namespaces,
+# hence root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,8 @@ command -v prlimit >/dev/null || need+=(util-linux)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v zsh >/dev/null || need+=(zsh)
+command -v apache2 >/dev/null || [ -x /usr/sbin/apache2 ] || need+=(apache2)
+command -v caddy >/dev/null || need+=(caddy)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -192,9 +192,11 @@ impl Mailboxd {
         });
     }
 
+    /// (Up to 10 s: some web servers notice a vanished client only at the
+    /// second or third heartbeat written to it.)
     pub fn wait_info(&self, mailbox: &str, pred: impl Fn(&str) -> bool) -> String {
         let mut ctl = self.ctl();
-        wait_for(Duration::from_secs(5), || {
+        wait_for(Duration::from_secs(10), || {
             let r = ctl.cmd(&format!("INFO {mailbox}"));
             pred(&r).then_some(r)
         })
@@ -520,13 +522,15 @@ impl HttpStream {
         }
     }
 
-    /// Reads a sized body (Content-Length).
+    /// Reads a whole body: sized (Content-Length), or chunked (some web
+    /// servers re-frame a gateway's sized answer) to its last chunk.
     pub fn body(&mut self) -> String {
-        let len: usize = self
-            .header("Content-Length")
-            .expect("Content-Length")
-            .parse()
-            .unwrap();
+        let Some(len) = self.header("Content-Length") else {
+            let mut text = String::new();
+            self.reader.read_to_string(&mut text).unwrap();
+            return text;
+        };
+        let len: usize = len.parse().unwrap();
         let mut buf = vec![0; len];
         self.reader.read_exact(&mut buf).unwrap();
         String::from_utf8(buf).unwrap()
@@ -728,6 +732,95 @@ impl WebServer {
             port,
             dir,
             name: format!("lighttpd {file}"),
+        }
+    }
+
+    /// Apache httpd from `contrib/apache/<gateway>.conf`, proxying to
+    /// mailboxd on 127.0.0.1:`upstream`.
+    pub fn apache(gateway: &str, upstream: u16) -> WebServer {
+        let apache = require("apache2");
+        let dir = TempDir::new("apache");
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        let default_port = match gateway {
+            "fastcgi" => "127.0.0.1:8421",
+            "scgi" => "127.0.0.1:8422",
+            _ => "127.0.0.1:8420",
+        };
+        let conf = contrib_config(
+            &format!("apache/{gateway}.conf"),
+            &[
+                ("Listen 8080", format!("Listen 127.0.0.1:{port}")),
+                (default_port, format!("127.0.0.1:{upstream}")),
+                ("/run/apache2-mailboxd.pid", format!("{d}/apache.pid")),
+                (
+                    "DefaultRuntimeDir /run/apache2",
+                    format!("DefaultRuntimeDir {d}"),
+                ),
+                (
+                    "/var/log/apache2/mailboxd-error.log",
+                    format!("{d}/error.log"),
+                ),
+            ],
+        );
+        let conf_path = dir.path().join("apache.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = dir.path().join("error.log");
+        let mut child = Command::new(apache)
+            .arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start apache2");
+        wait_listening(port, &mut child, &log);
+        WebServer {
+            child,
+            port,
+            dir,
+            name: format!("apache {gateway}"),
+        }
+    }
+
+    /// Caddy from `contrib/caddy/<gateway>.Caddyfile`, proxying to
+    /// mailboxd on 127.0.0.1:`upstream`.
+    pub fn caddy(gateway: &str, upstream: u16) -> WebServer {
+        let caddy = require("caddy");
+        let dir = TempDir::new("caddy");
+        let port = free_port();
+        let default_port = match gateway {
+            "fastcgi" => "127.0.0.1:8421",
+            _ => "127.0.0.1:8420",
+        };
+        let conf = contrib_config(
+            &format!("caddy/{gateway}.Caddyfile"),
+            &[
+                (":8080 {", format!(":{port} {{\n\tbind 127.0.0.1")),
+                (default_port, format!("127.0.0.1:{upstream}")),
+            ],
+        );
+        let conf_path = dir.path().join("Caddyfile");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = dir.path().join("caddy.log");
+        let mut child = Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf_path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start caddy");
+        wait_listening(port, &mut child, &log);
+        WebServer {
+            child,
+            port,
+            dir,
+            name: format!("caddy {gateway}"),
         }
     }
 }
