@@ -23,6 +23,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v zsh >/dev/null || need+=(zsh)
 command -v apache2 >/dev/null || [ -x /usr/sbin/apache2 ] || need+=(apache2)
 command -v caddy >/dev/null || need+=(caddy)
+command -v groff >/dev/null || need+=(groff-base)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo
@@ -40,5 +41,8 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
     [ -z "$added_policy" ] || $sudo rm -f "$policy"
 fi
+
+# The package test builds a .deb with the cargo-deb tool.
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
 
 cargo test --all-targets
