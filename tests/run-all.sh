@@ -24,6 +24,8 @@ command -v zsh >/dev/null || need+=(zsh)
 command -v apache2 >/dev/null || [ -x /usr/sbin/apache2 ] || need+=(apache2)
 command -v caddy >/dev/null || need+=(caddy)
 command -v groff >/dev/null || need+=(groff-base)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

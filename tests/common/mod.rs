@@ -632,6 +632,16 @@ impl WebServer {
     /// nginx from `contrib/nginx/<gateway>.conf`, its upstream replaced by `upstream`
     /// (`127.0.0.1:PORT` or `unix:PATH`).
     pub fn nginx(gateway: &str, upstream: &str) -> WebServer {
+        Self::nginx_serving(gateway, upstream, None)
+    }
+
+    /// The same, also serving the files of `root` beside `/comet/` (pages
+    /// that use mailboxd from the same origin).
+    pub fn nginx_with_root(gateway: &str, upstream: &str, root: &Path) -> WebServer {
+        Self::nginx_serving(gateway, upstream, Some(root))
+    }
+
+    fn nginx_serving(gateway: &str, upstream: &str, root: Option<&Path>) -> WebServer {
         let nginx = require("nginx");
         let dir = TempDir::new("nginx");
         let port = free_port();
@@ -656,6 +666,17 @@ impl WebServer {
                 ),
             ],
         );
+        let conf = match root {
+            Some(root) => conf.replacen(
+                "location /comet/ {",
+                &format!(
+                    "location / {{ root {}; types {{ text/html html; text/javascript js; }} }}\n        location /comet/ {{",
+                    root.display()
+                ),
+                1,
+            ),
+            None => conf,
+        };
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = dir.path().join("error.log");
