@@ -34,7 +34,14 @@ struct Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         if let Some(mut child) = self.service.take() {
-            let _ = child.kill();
+            // SIGTERM: a clean stop removes its socket files.
+            signal(child.id(), "TERM");
+            if (0..100).all(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                child.try_wait().ok().flatten().is_none()
+            }) {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         if self.systemd {
@@ -96,6 +103,8 @@ fn the_package_installs_starts_and_delivers() {
         // group, its environment, its command line.
         let (user, group) = (unit_value(&unit, "User"), unit_value(&unit, "Group"));
         let runtime = format!("/run/{}", unit_value(&unit, "RuntimeDirectory"));
+        // systemd makes the runtime directory afresh for each start.
+        let _ = std::fs::remove_dir_all(&runtime);
         let state = format!("/var/lib/{}", unit_value(&unit, "StateDirectory"));
         for (dir, mode) in [
             (&runtime, unit_value(&unit, "RuntimeDirectoryMode")),
