@@ -156,6 +156,10 @@ impl Driver {
             .to_string();
         self.switch(&handle);
         self.cmd("POST", "url", Some(json!({ "url": url })));
+        // Module scripts may still be running after the load event.
+        wait_for(Duration::from_secs(15), || {
+            (self.eval(&handle, "return !!window.box") == json!(true)).then_some(())
+        });
         handle
     }
 
@@ -219,10 +223,6 @@ fn site() -> (Mailboxd, WebServer) {
     (srv, web)
 }
 
-fn subscribers(srv: &Mailboxd, mailbox: &str) -> Option<u64> {
-    field(&srv.ctl().cmd(&format!("INFO {mailbox}")), "subscribers")
-}
-
 #[test]
 fn tabs_share_one_connection_and_hand_it_over() {
     let (srv, web) = site();
@@ -258,7 +258,8 @@ fn tabs_share_one_connection_and_hand_it_over() {
             assert_eq!(got.len(), 3, "{mode}: {got:?}");
             assert_eq!(got[2].0, three, "{mode}");
         }
-        assert_eq!(subscribers(&srv, mailbox), Some(1), "{mode}");
+        // The closed tab's connection goes; one stays for the others.
+        srv.wait_info(mailbox, |r| r.contains("subscribers=1"));
         driver.close(&b);
         driver.close(&c);
     }
@@ -299,4 +300,175 @@ fn long_poll_where_eventsource_is_missing_and_gaps_reported() {
     assert_eq!(got[1..].iter().map(|m| m.0).collect::<Vec<_>>(), later[2..]);
     let gaps = driver.eval(&tab, "return window.gaps.length");
     assert_eq!(gaps, json!(1), "one gap notice");
+}
+
+/// The lines a chat page shows.
+fn chat_lines(driver: &Driver, tab: &str) -> Vec<String> {
+    driver
+        .eval(
+            tab,
+            "return [...document.querySelectorAll('#log li')].map(li => li.textContent)",
+        )
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn chat_open(driver: &Driver, url: &str) -> String {
+    let tab = driver.tab(url);
+    wait_for(Duration::from_secs(15), || {
+        let state = driver.eval(&tab, "return document.getElementById('state').textContent");
+        (state == json!("open")).then_some(())
+    });
+    tab
+}
+
+fn say(driver: &Driver, tab: &str, text: &str) {
+    driver.eval(
+        tab,
+        &format!(
+            "document.getElementById('text').value = {}; document.getElementById('say').requestSubmit();",
+            json!(text)
+        ),
+    );
+}
+
+fn wait_line(driver: &Driver, tab: &str, line: &str) -> Vec<String> {
+    wait_for(Duration::from_secs(15), || {
+        let lines = chat_lines(driver, tab);
+        lines.iter().any(|l| l == line).then_some(lines)
+    })
+}
+
+/// Processes the test started, stopped with SIGTERM (nginx's master then
+/// stops its workers; SIGKILL would orphan them), killed if they linger.
+struct Stopped(Vec<Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            signal(c.id(), "TERM");
+        }
+        for c in &mut self.0 {
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn the_chat_demo_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let srv = Mailboxd::start(&["--mailbox-ttl", "3600"]);
+    let backend = free_port();
+    let chat = Command::new("python3")
+        .arg(root.join("contrib/demo/chat.py"))
+        .args(["--listen", &format!("127.0.0.1:{backend}")])
+        .arg("--control")
+        .arg(&srv.control)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut children = Stopped(vec![chat]);
+    let dir = TempDir::new("demo");
+    let port = free_port();
+    let mbx = srv.addr("http").rsplit(':').next().unwrap().to_string();
+    let conf = contrib_config(
+        "demo/nginx.conf",
+        &[
+            ("@DIR@", dir.path().display().to_string()),
+            ("@PORT@", port.to_string()),
+            ("@MAILBOXD@", mbx),
+            ("@BACKEND@", backend.to_string()),
+        ],
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let nginx = Command::new("nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    children.0.push(nginx);
+    for p in [backend, port] {
+        wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", p)).ok().map(|_| ())
+        });
+    }
+    let driver = Driver::start();
+    let base = format!("http://127.0.0.1:{port}/?room=lobby");
+    let alice = chat_open(&driver, &format!("{base}&name=alice"));
+    let bob = chat_open(&driver, &format!("{base}&name=bob"));
+
+    // A's line reaches B, and shows once in A's page (its own echo, no
+    // copy from the server).
+    say(&driver, &alice, "hello bob");
+    let lines = wait_line(&driver, &bob, "alicehello bob");
+    assert_eq!(
+        lines.iter().filter(|l| l.ends_with("hello bob")).count(),
+        1,
+        "{lines:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mine = chat_lines(&driver, &alice);
+    assert_eq!(
+        mine.iter().filter(|l| l.ends_with("hello bob")).count(),
+        1,
+        "{mine:?}"
+    );
+
+    // B goes away; what A says meanwhile is there when B comes back.
+    driver.close(&bob);
+    srv.wait_unsubscribed("u-bob");
+    say(&driver, &alice, "while you were away");
+    wait_for(Duration::from_secs(10), || {
+        field(&srv.ctl().cmd("INFO u-bob"), "retained")
+            .filter(|&n| n >= 2)
+            .map(|_| ())
+    });
+    let bob = chat_open(&driver, &format!("{base}&name=bob"));
+    wait_line(&driver, &bob, "alicewhile you were away");
+
+    // A second tab for A: still one connection for A.
+    let alice2 = chat_open(&driver, &format!("{base}&name=alice"));
+    say(&driver, &bob, "hi both tabs");
+    wait_line(&driver, &alice, "bobhi both tabs");
+    wait_line(&driver, &alice2, "bobhi both tabs");
+    assert_eq!(
+        field(&srv.ctl().cmd("INFO u-alice"), "subscribers"),
+        Some(1),
+        "two tabs of alice, one subscriber"
+    );
+
+    // A picture of the page, kept as a test artifact.
+    driver.switch(&bob);
+    let shot = driver.cmd("GET", "screenshot", None);
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        shot.as_str().expect("a screenshot"),
+    )
+    .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let artifacts = root.join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("chat-demo.png"), png).unwrap();
 }

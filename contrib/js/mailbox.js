@@ -193,6 +193,11 @@ export class Mailbox {
   receive(m) {
     if (this.lastId !== null && m.id <= this.lastId) return;
     this.lastId = m.id;
+    if (this.history && !this.leading) {
+      // A follower keeps what it saw too, to hand on if it leads one day.
+      this.history.push(m);
+      if (this.history.length > this.options.history) this.history.shift();
+    }
     this.options.onMessage(m);
   }
 
@@ -218,17 +223,32 @@ export class Mailbox {
   viaLeader() {
     const name = `mailbox.js ${this.url}`;
     this.channel = new BroadcastChannel(name);
+    this.history = [];
     this.channel.onmessage = (e) => {
       const { kind, value } = e.data;
+      if (kind === "hello") {
+        // A tab that opened later: the leader hands it what it has kept.
+        if (this.leading) {
+          for (const m of this.history) this.channel.postMessage({ kind: "message", value: m });
+          this.channel.postMessage({ kind: "state", value: this.state });
+        }
+        return;
+      }
       if (kind === "message" || kind === "gap") this.report(kind, value);
       if (kind === "state" && !this.leading) this.report("state", value);
     };
+    this.channel.postMessage({ kind: "hello" });
     this.releaseLock = null;
     navigator.locks.request(name, () => {
       if (this.closed) return;
       // Leader from here: one connection, resumed after what this tab saw.
       this.leading = true;
       this.connection = new Connection(this.url, this.options, (kind, value) => {
+        if (kind === "message") {
+          this.history.push(value);
+          if (this.history.length > this.options.history) this.history.shift();
+        }
+        if (kind === "state") this.state = value;
         this.channel.postMessage({ kind, value });
         this.report(kind, value);
       });
