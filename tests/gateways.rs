@@ -64,6 +64,13 @@ fn suite(srv: &Mailboxd, port: u16, label: &str) -> Duration {
         "{label}: delivery took {latency:?}: something buffers"
     );
 
+    // A large message crosses whatever buffers are on the way, whole.
+    let big = "x".repeat(60_000);
+    let (big_id, _) = ctl.send("alice", &big);
+    let ev = sse.next_event();
+    assert_eq!((ev.id, ev.data.len()), (Some(big_id), big.len()), "{label}");
+    let live = big_id;
+
     // Resume after a disconnect: exactly the missed messages, in order.
     drop(sse);
     srv.wait_unsubscribed("alice");
