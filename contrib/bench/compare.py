@@ -62,7 +62,32 @@ def children_of(pid):
     return [int(p) for p in out.split()]
 
 
-class Server:
+class Running:
+    """What every benchmark target shares (compare.py, scale.py, fronts.py):
+    its processes (`procs`, stopped in reverse order), its directory, where
+    subscribers connect (`target`, `port`, `prefix`) and how to publish
+    (`control`, or Nchan's publisher location)."""
+
+    def pub_args(self):
+        if self.target == "mailboxd":
+            return ["--control", self.control]
+        return ["--pub-addr", f"127.0.0.1:{self.port}", "--pub-prefix", "/pub/"]
+
+    def common(self):
+        return ["--target", self.target, "--addr", f"127.0.0.1:{self.port}", "--prefix", self.prefix]
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Server(Running):
     """A running target: where subscribers connect, how to publish, which pids to measure."""
 
     def __init__(self, kind):
@@ -110,23 +135,6 @@ class Server:
         workers = children_of(ng.pid)
         self.measure = getattr(self, "measure", []) + workers
 
-    def pub_args(self):
-        if self.target == "mailboxd":
-            return ["--control", self.control]
-        return ["--pub-addr", f"127.0.0.1:{self.port}", "--pub-prefix", "/pub/"]
-
-    def common(self):
-        return ["--target", self.target, "--addr", f"127.0.0.1:{self.port}", "--prefix", self.prefix]
-
-    def stop(self):
-        for p in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def kv(line):

@@ -17,7 +17,6 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ FRONTS = [
 DEFAULT_PORTS = {"fastcgi": 8421, "scgi": 8422, "http": 8420}
 
 
-class Front:
+class Front(compare.Running):
     """mailboxd behind one shipped config (or nginx + Nchan)."""
 
     def __init__(self, server, gateway):
@@ -93,23 +92,6 @@ class Front:
         time.sleep(0.3)
         self.measure += compare.children_of(p.pid) if workers else [p.pid]
 
-    def pub_args(self):
-        if self.target == "mailboxd":
-            return ["--control", self.control]
-        return ["--pub-addr", f"127.0.0.1:{self.port}", "--pub-prefix", "/pub/"]
-
-    def common(self):
-        return ["--target", self.target, "--addr", f"127.0.0.1:{self.port}", "--prefix", self.prefix]
-
-    def stop(self):
-        for p in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def hold(front, n):

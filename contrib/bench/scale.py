@@ -64,7 +64,7 @@ http {
 """
 
 
-class Cluster:
+class Cluster(compare.Running):
     """A fresh Redis plus n mailboxd instances, or nginx + Nchan with n workers."""
 
     def __init__(self, kind, n):
@@ -97,6 +97,7 @@ class Cluster:
             while not all(os.path.exists(c) for c in self.controls) and time.time() < deadline:
                 time.sleep(0.05)
             self.measure = [p.pid for p in self.procs]
+            self.control = self.controls[0]
             self.target, self.prefix = "mailboxd", "/comet/"
         else:
             conf = NCHAN_REDIS.replace("@DIR@", self.dir).replace("@PORT@", str(self.port))
@@ -114,25 +115,10 @@ class Cluster:
             self.measure = compare.children_of(ng.pid)
             self.target, self.prefix = "nchan", "/sub/"
 
-    def pub_args(self):
-        if self.target == "mailboxd":
-            return ["--control", self.controls[0]]
-        return ["--pub-addr", f"127.0.0.1:{self.port}", "--pub-prefix", "/pub/"]
-
-    def common(self):
-        return ["--target", self.target, "--addr", f"127.0.0.1:{self.port}", "--prefix", self.prefix]
-
     def stop(self):
-        for p in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        super().stop()
         self.redis.send_signal(signal.SIGTERM)
         self.redis.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def measured(kind, n, args):
