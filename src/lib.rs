@@ -3,6 +3,7 @@
 //! groups through a Unix control socket. One single-threaded event loop holds
 //! everything; see `docs/architecture.md` for the tour.
 
+pub mod activation;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -74,7 +74,10 @@ struct Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let ListenSocket::Unix(_, path) = &self.socket {
+        // An inherited socket (no path here) belongs to whoever passed it.
+        if let ListenSocket::Unix(_, path) = &self.socket
+            && !path.as_os_str().is_empty()
+        {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -142,7 +145,12 @@ impl Server {
                 None
             }
         };
-        prepare_control_dir(&config)?;
+        let inherited = crate::activation::take()?;
+        let names: Vec<String> = inherited.iter().map(|i| i.name.clone()).collect();
+        let passed = |kind: Kind| names.iter().any(|n| n == kind.name());
+        if !passed(Kind::Control) {
+            prepare_control_dir(&config)?;
+        }
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -171,16 +179,44 @@ impl Server {
                     .map(|a| (Kind::Scgi, a, config.socket_mode)),
             )
             .chain(config.metrics.iter().map(|a| (Kind::Metrics, a, None)));
-        for (i, (kind, addr, mode)) in wanted.enumerate() {
+        // Sockets passed in (socket activation) stand in for the flags'
+        // listeners of their kind.
+        let kinds = [
+            Kind::Control,
+            Kind::Http,
+            Kind::Fcgi,
+            Kind::Scgi,
+            Kind::Metrics,
+        ];
+        let mut sockets = Vec::new();
+        for inh in inherited {
+            let kind = kinds
+                .into_iter()
+                .find(|k| k.name() == inh.name)
+                .expect("names checked by activation::take");
+            let socket = if inh.unix {
+                ListenSocket::Unix(UnixListener::from_std(inh.fd.into()), PathBuf::new())
+            } else {
+                ListenSocket::Tcp(TcpListener::from_std(inh.fd.into()))
+            };
+            sockets.push((kind, socket, true));
+        }
+        for (kind, addr, mode) in wanted.filter(|(kind, _, _)| !passed(*kind)) {
             let reuse_port = config.reuse_port && !matches!(kind, Kind::Control | Kind::Metrics);
-            let mut socket = bind(addr, mode, reuse_port)
+            let socket = bind(addr, mode, reuse_port)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
+            sockets.push((kind, socket, false));
+        }
+        for (i, (kind, mut socket, inherited)) in sockets.into_iter().enumerate() {
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
                 ListenSocket::Tcp(l) => poll.registry().register(l, token, Interest::READABLE),
                 ListenSocket::Unix(l, _) => poll.registry().register(l, token, Interest::READABLE),
             };
-            registered.map_err(|e| format!("cannot watch {addr}: {e}"))?;
+            registered.map_err(|e| format!("cannot watch {}: {e}", local_name(&socket)))?;
+            if inherited {
+                log::info!("{} socket inherited (socket activation)", kind.name());
+            }
             log::info!("listening {}={}", kind.name(), local_name(&socket));
             listeners.push(Listener { kind, socket });
         }
@@ -830,6 +866,11 @@ fn local_name(socket: &ListenSocket) -> String {
         ListenSocket::Tcp(l) => l
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string()),
+        ListenSocket::Unix(l, path) if path.as_os_str().is_empty() => l
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+            .unwrap_or_else(|| "unix:?".into()),
         ListenSocket::Unix(_, path) => format!("unix:{}", path.display()),
     }
 }

@@ -64,6 +64,31 @@ fn systemd_unit_verifies_and_its_command_line_starts() {
 }
 
 #[test]
+fn socket_units_verify_and_name_their_sockets_for_mailboxd() {
+    let dir = TempDir::new("units");
+    let service = std::fs::read_to_string(contrib("systemd/mailboxd.service"))
+        .unwrap()
+        .replace("/usr/local/bin/mailboxd", bin("mailboxd").to_str().unwrap());
+    std::fs::write(dir.path().join("mailboxd.service"), service).unwrap();
+    for (unit, name) in [
+        ("mailboxd-control.socket", "control"),
+        ("mailboxd-fastcgi.socket", "fastcgi"),
+    ] {
+        let text = std::fs::read_to_string(contrib(&format!("systemd/{unit}"))).unwrap();
+        assert!(
+            text.contains(&format!("FileDescriptorName={name}\n")),
+            "{unit}"
+        );
+        assert!(text.contains("Service=mailboxd.service"), "{unit}");
+        std::fs::write(dir.path().join(unit), &text).unwrap();
+        let (code, out, err) = run(Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(unit)));
+        assert_eq!(code, 0, "systemd-analyze verify {unit}: {out}{err}");
+    }
+}
+
+#[test]
 fn python_backend_example() {
     let srv = Mailboxd::start(&[]);
     let mut sse = HttpStream::open(srv.port, "/comet/pyuser", &[]);

@@ -1,0 +1,123 @@
+//! Socket activation: listening sockets handed to mailboxd by systemd (or
+//! anything speaking its protocol: `LISTEN_PID`, `LISTEN_FDS`,
+//! `LISTEN_FDNAMES`, descriptors from 3 on). Each is named for the kind of
+//! listener it is (`http`, `fastcgi`, `scgi`, `control`, `metrics`), as a
+//! socket unit's `FileDescriptorName=` sets it, and stands in for the
+//! listeners of that kind given by flags. Because the sockets outlive the
+//! process, connections made while mailboxd restarts wait in the kernel's
+//! accept queue and the next process serves them.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// The first descriptor passed (after stdin, stdout, stderr).
+const FIRST_FD: RawFd = 3;
+
+/// Most descriptors accepted: far more listeners than anyone configures.
+const MAX_FDS: usize = 64;
+
+/// One inherited listening socket.
+#[derive(Debug)]
+pub struct Inherited {
+    /// Its `LISTEN_FDNAMES` name.
+    pub name: String,
+    /// The socket.
+    pub fd: OwnedFd,
+    /// Whether it is a Unix socket (else TCP).
+    pub unix: bool,
+}
+
+/// Takes the sockets passed to this process, if any, and removes the
+/// variables so that no child inherits them. Names must be listener kinds.
+pub fn take() -> Result<Vec<Inherited>, String> {
+    let Ok(pid) = std::env::var("LISTEN_PID") else {
+        return Ok(Vec::new());
+    };
+    let count = std::env::var("LISTEN_FDS").unwrap_or_default();
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // SAFETY: single-threaded at start; nothing else reads the environment.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(Vec::new()); // meant for another process
+    }
+    let count: usize = count
+        .parse()
+        .ok()
+        .filter(|&n| n <= MAX_FDS)
+        .ok_or_else(|| {
+            format!("LISTEN_FDS: '{count}' is not a number of sockets up to {MAX_FDS}")
+        })?;
+    let names: Vec<&str> = if names.is_empty() {
+        Vec::new()
+    } else {
+        names.split(':').collect()
+    };
+    if names.len() != count {
+        return Err(format!(
+            "LISTEN_FDNAMES names {} sockets, LISTEN_FDS passes {count}: name each (http, fastcgi, scgi, control, metrics)",
+            names.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(count);
+    for (i, name) in names.iter().enumerate() {
+        if !["http", "fastcgi", "scgi", "control", "metrics"].contains(name) {
+            return Err(format!(
+                "LISTEN_FDNAMES: '{name}' is not a listener kind (http, fastcgi, scgi, control, metrics)"
+            ));
+        }
+        let fd = FIRST_FD + i as RawFd;
+        let unix = check(fd).map_err(|e| format!("inherited socket {fd} ({name}): {e}"))?;
+        // SAFETY: systemd's protocol hands this descriptor to this process;
+        // it is a listening stream socket (checked) and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        out.push(Inherited {
+            name: name.to_string(),
+            fd,
+            unix,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks that `fd` is a listening stream socket, marks it close-on-exec and
+/// non-blocking; true for a Unix socket.
+fn check(fd: RawFd) -> std::io::Result<bool> {
+    let err = std::io::Error::last_os_error;
+    let int = |opt| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 { Ok(v) } else { Err(err()) }
+    };
+    if int(libc::SO_TYPE)? != libc::SOCK_STREAM || int(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(std::io::Error::other("not a listening stream socket"));
+    }
+    let family = int(libc::SO_DOMAIN)?;
+    // SAFETY: fcntl on a descriptor checked above; no memory is passed.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
+            return Err(err());
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+            return Err(err());
+        }
+    }
+    match family {
+        libc::AF_UNIX => Ok(true),
+        libc::AF_INET | libc::AF_INET6 => Ok(false),
+        _ => Err(std::io::Error::other("neither TCP nor a Unix socket")),
+    }
+}
