@@ -323,3 +323,35 @@ fn caddy_fastcgi() {
     let delay = through("caddy", "fastcgi");
     assert!(delay < Duration::from_secs(10), "{delay:?}");
 }
+
+/// While mailboxd is down, the shipped nginx configs answer an SSE request
+/// with an empty stream and a retry hint (an EventSource then retries
+/// instead of giving up on a 502), and long-polls with an error; once
+/// mailboxd is back, the same request streams again.
+#[test]
+fn nginx_keeps_eventsource_retrying_while_mailboxd_is_down() {
+    for gateway in ["fastcgi", "scgi", "http"] {
+        let mut srv = mailboxd(gateway, "127.0.0.1:0");
+        let upstream = srv.addr(gateway);
+        let web = WebServer::nginx(gateway, &upstream);
+        assert_eq!(srv.terminate(), Some(0));
+        let mut down =
+            HttpStream::open(web.port, "/comet/alice", &[("Accept", "text/event-stream")]);
+        assert_eq!(down.status, 200, "{gateway}: {}", down.head);
+        assert!(
+            down.header("Content-Type")
+                .unwrap()
+                .starts_with("text/event-stream"),
+            "{gateway}"
+        );
+        assert_eq!(down.line().as_deref(), Some("retry: 2000"), "{gateway}");
+        let (status, _, _) = get(web.port, "/comet/alice?transport=poll");
+        assert_eq!(status, 503, "{gateway}: long-polls see the outage");
+        // Back on the same address: the retry streams.
+        let flag = format!("--{gateway}");
+        let srv = Mailboxd::start_raw(&[flag.as_str(), upstream.as_str()]);
+        let (id, _) = srv.ctl().send("alice", "back");
+        let mut sse = HttpStream::open(web.port, "/comet/alice", &[]);
+        assert_eq!(sse.next_event().id, Some(id), "{gateway}");
+    }
+}
