@@ -477,10 +477,15 @@ impl MemoryStore {
     /// The mailbox gained its first local subscriber: it does not expire.
     pub fn watch(&mut self, name: &str) {
         if let Some(&key) = self.mailbox_index.get(name) {
-            let mb = &mut self.mailboxes[key];
-            mb.idle_since = None;
-            mb.idle_gen = 0;
+            self.stop_idle(key);
         }
+    }
+
+    /// The mailbox's expiry clock stops (stale heap entries are ignored).
+    fn stop_idle(&mut self, key: usize) {
+        let mb = &mut self.mailboxes[key];
+        mb.idle_since = None;
+        mb.idle_gen = 0;
     }
 
     /// The mailbox lost its last local subscriber: its expiry clock starts,
@@ -764,10 +769,8 @@ impl MailboxStore for MemoryStore {
     fn subscribers(&mut self, name: &str, count: usize, now: SystemTime) {
         if count == 0 {
             self.unwatch(name, now);
-        } else {
-            self.watch(name);
-        }
-        if let Some(&key) = self.mailbox_index.get(name) {
+        } else if let Some(&key) = self.mailbox_index.get(name) {
+            self.stop_idle(key);
             self.mailboxes[key].subscribers = count.min(u32::MAX as usize) as u32;
         }
     }

@@ -95,8 +95,11 @@ enum Expect {
 }
 
 /// This instance's interest in one mailbox.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Local {
+    /// The mailbox's name, shared with its key in the map (one lookup
+    /// finds both the state and the name deliveries carry).
+    name: Rc<str>,
     /// Openings not yet followed by a subscription or a release.
     opens: u32,
     /// Local subscribers.
@@ -112,6 +115,18 @@ struct Local {
 }
 
 impl Local {
+    fn new(name: Rc<str>) -> Local {
+        Local {
+            name,
+            opens: 0,
+            subs: 0,
+            seen: 0,
+            dirty: false,
+            resyncing: false,
+            groups: Vec::new(),
+        }
+    }
+
     fn interested(&self) -> bool {
         self.opens > 0 || self.subs > 0
     }
@@ -301,13 +316,12 @@ impl RedisStore {
     }
 
     fn mark(&mut self, name: &str) -> Option<&mut Local> {
-        let key = self.local.get_key_value(name)?.0.clone();
-        let l = self.local.get_mut(&key)?;
+        let l = self.local.get_mut(name)?;
         if !l.dirty {
             l.dirty = true;
-            self.dirty.push(key);
+            self.dirty.push(l.name.clone());
         }
-        self.local.get_mut(name)
+        Some(l)
     }
 
     /// Reports changed subscriber counts, and forgets mailboxes this
@@ -370,17 +384,15 @@ impl RedisStore {
             }) => {
                 let payload = Payload::new(event, data);
                 for (id, name) in targets {
-                    let Some((key, _)) = self.local.get_key_value(name) else {
+                    let Some(l) = self.local.get_mut(name) else {
                         continue;
                     };
-                    let key = key.clone();
-                    let l = self.local.get_mut(&key).expect("found just now");
                     if l.resyncing || id <= l.seen {
                         continue;
                     }
                     l.seen = id;
                     self.events.push_back(StoreEvent::Deliver(Delivery {
-                        mailbox: key,
+                        mailbox: l.name.clone(),
                         message: Message {
                             id,
                             payload: payload.clone(),
@@ -431,23 +443,19 @@ impl RedisStore {
                 slot,
                 after,
             }) => {
-                if let Some((name, _)) = self.local.get_key_value(mailbox) {
-                    let name = name.clone();
+                if let Some(name) = self.local.get(mailbox).map(|l| l.name.clone()) {
                     self.join_local(&name, Rc::from(group), slot, after);
                 }
             }
             Ok(Notice::Left { group, mailbox }) => {
-                if let Some((name, _)) = self.local.get_key_value(mailbox) {
-                    let name = name.clone();
-                    if let Some(l) = self.local.get_mut(&name) {
-                        l.groups.retain(|g| &*g.0 != group);
-                    }
-                    self.unindex(group, &name);
+                if let Some(l) = self.local.get_mut(mailbox) {
+                    l.groups.retain(|g| &*g.0 != group);
+                    self.unindex(group, mailbox);
                 }
             }
             Ok(Notice::Dropped(name)) => {
-                if let Some((key, _)) = self.local.get_key_value(name) {
-                    self.events.push_back(StoreEvent::Ended(key.clone()));
+                if let Some(l) = self.local.get(name) {
+                    self.events.push_back(StoreEvent::Ended(l.name.clone()));
                 }
             }
             Err(e) => log::warn!("redis {}: {e} on channel: ignored", self.link.addr),
@@ -790,17 +798,12 @@ impl MailboxStore for RedisStore {
                 now,
             ),
             Op::Open { mailbox, resume } => {
-                let key = match self.local.get_key_value(mailbox.as_str()) {
-                    Some((k, _)) => k.clone(),
-                    None => {
-                        let k: Rc<str> = Rc::from(mailbox.as_str());
-                        self.local.insert(k.clone(), Local::default());
-                        k
-                    }
-                };
-                if let Some(l) = self.local.get_mut(&key) {
-                    l.opens += 1;
-                }
+                let l = self
+                    .local
+                    .entry(Rc::from(mailbox.as_str()))
+                    .or_insert_with_key(|k| Local::new(k.clone()));
+                l.opens += 1;
+                let key = l.name.clone();
                 let client_limit = self.limits.max_mailboxes
                     - self.limits.max_mailboxes * BACKEND_RESERVE_PERCENT / 100;
                 let instance = self.instance.clone();
