@@ -12,7 +12,6 @@ traffic stays on 127.0.0.1. Needs nginx and libnginx-mod-nchan (Debian).
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import socket
@@ -68,6 +67,25 @@ class Running:
     subscribers connect (`target`, `port`, `prefix`) and how to publish
     (`control`, or Nchan's publisher location)."""
 
+    def start_nginx(self, conf):
+        """Runs nginx on `conf` until it listens on `port`; its workers join `measure`."""
+        path = os.path.join(self.dir, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        ng = subprocess.Popen(
+            ["nginx", "-p", self.dir, "-e", os.path.join(self.dir, "error.log"), "-c", path, "-g", "daemon off;"],
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(ng)
+        wait_port(self.port, ng, "nginx")
+        # The master may accept on the port before it has forked its workers.
+        deadline = time.time() + 5
+        workers = children_of(ng.pid)
+        while not workers and time.time() < deadline:
+            time.sleep(0.05)
+            workers = children_of(ng.pid)
+        self.measure = getattr(self, "measure", []) + workers
+
     def pub_args(self):
         if self.target == "mailboxd":
             return ["--control", self.control]
@@ -122,18 +140,6 @@ class Server(Running):
             self.start_nginx(conf)
             self.target, self.prefix = "nchan", "/sub/"
 
-    def start_nginx(self, conf):
-        path = os.path.join(self.dir, "nginx.conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        ng = subprocess.Popen(
-            ["nginx", "-p", self.dir, "-e", os.path.join(self.dir, "error.log"), "-c", path, "-g", "daemon off;"],
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(ng)
-        wait_port(self.port, ng, "nginx")
-        workers = children_of(ng.pid)
-        self.measure = getattr(self, "measure", []) + workers
 
 
 
@@ -148,39 +154,45 @@ def bench(args, timeout=600):
     return kv(out.stdout.strip().splitlines()[-1])
 
 
+def hold_idle(srv, n, settle=0.5, extra=None):
+    """Holds n idle SSE subscribers on `srv` (spread over processes of at most
+    4,750, under the per-process descriptor limit) and measures the growth of
+    `srv.measure`'s RSS per subscriber, and of `extra()` if given."""
+    time.sleep(0.3)
+    before = rss_kib(srv.measure)
+    extra_before = extra() if extra else 0
+    per = 4750
+    holders = [subprocess.Popen([BENCH, "hold", "--addr", f"127.0.0.1:{srv.port}", "--prefix", srv.prefix + "h",
+                                 "--first", str(i), "--n", str(min(per, n - i))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for i in range(0, n, per)]
+    connected = failed = 0
+    secs = 0.0
+    for p in holders:
+        fields = kv(p.stdout.readline())
+        connected += int(fields["connected"])
+        failed += int(fields["failed"])
+        secs = max(secs, float(fields["secs"]))
+        assert p.stdout.readline().strip() == "ready"
+    time.sleep(settle)
+    after = rss_kib(srv.measure)
+    extra_after = extra() if extra else 0
+    for p in holders:
+        p.stdin.close()
+        p.wait()
+    return {
+        "connected": connected,
+        "failed": failed,
+        "connect_rate": connected / secs if secs else 0,
+        "bytes_per_sub": (after - before) * 1024 / max(connected, 1),
+        "extra_per_sub": (extra_after - extra_before) / max(connected, 1),
+    }
+
+
 def run_hold(kind, n):
     srv = Server(kind)
     try:
-        time.sleep(0.3)
-        before = rss_kib(srv.measure)
-        per = 4750
-        holders = []
-        for i in range(0, n, per):
-            count = min(per, n - i)
-            p = subprocess.Popen(
-                [BENCH, "hold", "--addr", f"127.0.0.1:{srv.port}", "--prefix", srv.prefix + "h", "--first", str(i), "--n", str(count)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )
-            holders.append(p)
-        connected = failed = 0
-        secs = 0.0
-        for p in holders:
-            fields = kv(p.stdout.readline())
-            connected += int(fields["connected"])
-            failed += int(fields["failed"])
-            secs = max(secs, float(fields["secs"]))
-            assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        after = rss_kib(srv.measure)
-        for p in holders:
-            p.stdin.close()
-            p.wait()
-        return {
-            "connected": connected,
-            "failed": failed,
-            "connect_rate": connected / secs if secs else 0,
-            "bytes_per_sub": (after - before) * 1024 / max(connected, 1),
-        }
+        return hold_idle(srv, n)
     finally:
         srv.stop()
 

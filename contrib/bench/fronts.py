@@ -20,10 +20,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import compare
-from compare import BENCH, MAILBOXD, ROOT, free_port, summarize, wait_port
+from compare import MAILBOXD, ROOT, free_port, summarize, wait_port
 
 FRONTS = [
     ("nginx", "fastcgi"),
@@ -46,7 +45,7 @@ class Front(compare.Running):
         if server == "nchan":
             conf = open(os.path.join(compare.HERE, "nchan.conf")).read()
             conf = conf.replace("@DIR@", self.dir).replace("@PORT@", str(self.port))
-            self.start(["nginx", "-p", self.dir, "-c", self.conf(conf), "-g", "daemon off;"], "nginx", workers=True)
+            self.start_nginx(conf)
             self.target, self.prefix = "nchan", "/sub/"
             return
         self.control = os.path.join(self.dir, "control.sock")
@@ -66,7 +65,7 @@ class Front(compare.Running):
             conf = conf.replace(f"server 127.0.0.1:{DEFAULT_PORTS[gateway]};", f"server 127.0.0.1:{up};")
             conf = conf.replace("pid /run/nginx-mailboxd.pid;", f"pid {self.dir}/nginx.pid;")
             conf = conf.replace("/var/log/nginx/mailboxd-error.log", f"{self.dir}/error.log")
-            self.start(["nginx", "-p", self.dir, "-c", self.conf(conf), "-g", "daemon off;"], "nginx", workers=True)
+            self.start_nginx(conf)
         else:
             conf = conf.replace("server.port = 8080", f'server.bind = "127.0.0.1"\nserver.port = {self.port}')
             conf = conf.replace('"port" => %d' % DEFAULT_PORTS[gateway], f'"port" => {up}')
@@ -77,41 +76,14 @@ class Front(compare.Running):
             # then falls back to 8,192); give it exactly that limit here.
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             conf = conf.replace("server.max-fds = 65536", f"server.max-fds = {hard}")
-            self.start(["lighttpd", "-D", "-f", self.conf(conf)], "lighttpd", workers=False)
+            path = os.path.join(self.dir, "lighttpd.conf")
+            with open(path, "w") as f:
+                f.write(conf)
+            p = subprocess.Popen(["lighttpd", "-D", "-f", path], stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            wait_port(self.port, p, "lighttpd")
+            self.measure.append(p.pid)
 
-    def conf(self, text):
-        path = os.path.join(self.dir, "server.conf")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def start(self, cmd, what, workers):
-        p = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        self.procs.append(p)
-        wait_port(self.port, p, what)
-        time.sleep(0.3)
-        self.measure += compare.children_of(p.pid) if workers else [p.pid]
-
-
-
-def hold(front, n):
-    time.sleep(0.3)
-    before = compare.rss_kib(front.measure)
-    per = 4500
-    holders = [subprocess.Popen([BENCH, "hold", "--addr", f"127.0.0.1:{front.port}", "--prefix", front.prefix + "h",
-                                 "--first", str(i), "--n", str(min(per, n - i))],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-               for i in range(0, n, per)]
-    connected = 0
-    for p in holders:
-        connected += int(compare.kv(p.stdout.readline())["connected"])
-        assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
-    after = compare.rss_kib(front.measure)
-    for p in holders:
-        p.stdin.close()
-        p.wait()
-    return {"connected": connected, "bytes_per_sub": (after - before) * 1024 / max(connected, 1)}
 
 
 def fanout(front, n):
@@ -124,7 +96,7 @@ def fanout(front, n):
 def measured(server, gateway, what, n):
     front = Front(server, gateway)
     try:
-        return hold(front, n) if what == "hold" else fanout(front, n)
+        return compare.hold_idle(front, n) if what == "hold" else fanout(front, n)
     finally:
         front.stop()
 

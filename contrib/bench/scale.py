@@ -32,7 +32,7 @@ import tempfile
 import time
 
 import compare
-from compare import BENCH, HERE, MAILBOXD, ROOT, free_port, summarize, wait_port
+from compare import HERE, MAILBOXD, ROOT, free_port, summarize, wait_port
 
 NCHAN_REDIS = """
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
@@ -102,17 +102,8 @@ class Cluster(compare.Running):
         else:
             conf = NCHAN_REDIS.replace("@DIR@", self.dir).replace("@PORT@", str(self.port))
             conf = conf.replace("@WORKERS@", str(n)).replace("@REDIS@", str(rport))
-            path = os.path.join(self.dir, "nginx.conf")
-            with open(path, "w") as f:
-                f.write(conf)
-            ng = subprocess.Popen(
-                ["nginx", "-p", self.dir, "-e", os.path.join(self.dir, "error.log"), "-c", path, "-g", "daemon off;"],
-                stderr=subprocess.DEVNULL,
-            )
-            self.procs.append(ng)
-            wait_port(self.port, ng, "nginx")
-            time.sleep(0.5)
-            self.measure = compare.children_of(ng.pid)
+            self.measure = []
+            self.start_nginx(conf)
             self.target, self.prefix = "nchan", "/sub/"
 
     def stop(self):
@@ -143,24 +134,8 @@ def memory(kind, subs):
     """Idle subscribers on one instance / worker: its RSS and Redis's memory, per subscriber."""
     c = Cluster(kind, 1)
     try:
-        time.sleep(0.3)
-        rss0, redis0 = compare.rss_kib(c.measure), redis_used_memory(c)
-        per = 4750
-        holders = [subprocess.Popen([BENCH, "hold", "--addr", f"127.0.0.1:{c.port}", "--prefix", c.prefix + "h",
-                                     "--first", str(i), "--n", str(min(per, subs - i))],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                   for i in range(0, subs, per)]
-        connected = 0
-        for p in holders:
-            connected += int(compare.kv(p.stdout.readline())["connected"])
-            assert p.stdout.readline().strip() == "ready"
-        time.sleep(1.5)
-        rss1, redis1 = compare.rss_kib(c.measure), redis_used_memory(c)
-        for p in holders:
-            p.stdin.close()
-            p.wait()
-        return {"connected": connected, "rss_per_sub": (rss1 - rss0) * 1024 / max(connected, 1),
-                "redis_per_sub": (redis1 - redis0) / max(connected, 1)}
+        r = compare.hold_idle(c, subs, settle=1.5, extra=lambda: redis_used_memory(c))
+        return {"connected": r["connected"], "rss_per_sub": r["bytes_per_sub"], "redis_per_sub": r["extra_per_sub"]}
     finally:
         c.stop()
 
