@@ -121,3 +121,39 @@ fn a_socket_named_for_no_listener_kind_is_refused_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_passed_descriptor_that_is_no_listening_socket_is_refused_at_start() {
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(bin("mailboxd"))
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http");
+    // SAFETY: only dup2 between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("inherited socket 3 (http)"), "{err}");
+    // Named sockets must match the count.
+    let out = Command::new("sh")
+        .args(["-c", "LISTEN_PID=$$ exec \"$0\""])
+        .arg(bin("mailboxd"))
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", "http")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("LISTEN_FDNAMES names 1 sockets, LISTEN_FDS passes 2")
+    );
+}

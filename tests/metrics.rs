@@ -220,3 +220,42 @@ fn the_shipped_dashboard_queries_parse_and_name_real_metrics() {
         }
     }
 }
+
+#[test]
+fn scrapers_past_the_connection_cap_are_turned_away_and_the_rest_served() {
+    let srv = Mailboxd::start(&["--metrics", "127.0.0.1:0"]);
+    let metrics: u16 = srv
+        .addr("metrics")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut ctl = srv.ctl();
+    let accepted = field(&ctl.cmd("STATS"), "accepted").unwrap();
+    // 16 scrapers that never send their request hold every slot.
+    let idle: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap())
+        .collect();
+    wait_for(Duration::from_secs(5), || {
+        (field(&ctl.cmd("STATS"), "accepted") == Some(accepted + 16)).then_some(())
+    });
+    let mut extra = request(metrics, "/metrics", &[]);
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut extra, &mut buf);
+    assert!(buf.is_empty(), "the 17th is closed unanswered");
+    assert_eq!(field(&ctl.cmd("STATS"), "refused"), Some(1));
+    drop(idle);
+    // Once the idle ones are gone, scrapes are served again (an attempt that
+    // still meets a full table is closed, and retried).
+    wait_for(Duration::from_secs(5), || {
+        let mut s = request(metrics, "/metrics", &[("Connection", "close")]);
+        let mut page = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut page);
+        (page.starts_with("HTTP/1.1 200") && page.contains("mailboxd_metrics_scrapes_total"))
+            .then_some(())
+    });
+}

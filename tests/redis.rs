@@ -652,3 +652,34 @@ fn group_messages_are_kept_per_member_with_their_own_ids_across_join_and_leave()
         "{members}"
     );
 }
+
+#[test]
+fn a_store_that_never_answers_is_given_up_after_the_command_timeout() {
+    // Accepts, reads everything, answers nothing (a Redis stopped with
+    // SIGSTOP, a black hole on the way).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while matches!(std::io::Read::read(&mut s, &mut sink), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let m = Mailboxd::start_raw(&["--store", &url, "--http", "127.0.0.1:0"]);
+    let started = Instant::now();
+    let r = m.ctl().cmd("SEND x 1\ny");
+    let waited = started.elapsed();
+    assert!(r.starts_with("ERR UNAVAILABLE"), "{r}");
+    assert!(
+        waited < Duration::from_secs(8),
+        "given up within the timeout: {waited:?}"
+    );
+    wait_for(Duration::from_secs(5), || {
+        m.log().contains("no reply within 3 s").then_some(())
+    });
+    assert_eq!(m.ctl().cmd("PING"), "PONG");
+}
