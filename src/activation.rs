@@ -84,8 +84,28 @@ pub fn take() -> Result<Vec<Inherited>, String> {
 
 /// Checks that `fd` is a listening stream socket, marks it close-on-exec and
 /// non-blocking; true for a Unix socket.
-fn check(fd: RawFd) -> std::io::Result<bool> {
-    let err = std::io::Error::last_os_error;
+pub(crate) fn check(fd: RawFd) -> std::io::Result<bool> {
+    let (kind, listening, family) = socket_facts(fd)?;
+    if kind != libc::SOCK_STREAM || !listening {
+        return Err(std::io::Error::other("not a listening stream socket"));
+    }
+    // SAFETY: fcntl on a descriptor checked above; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    set_nonblocking(fd)?;
+    match family {
+        libc::AF_UNIX => Ok(true),
+        libc::AF_INET | libc::AF_INET6 => Ok(false),
+        _ => Err(std::io::Error::other("neither TCP nor a Unix socket")),
+    }
+}
+
+/// A socket's type (`SOCK_STREAM`, ...), whether it listens, and its family.
+pub(crate) fn socket_facts(fd: RawFd) -> std::io::Result<(i32, bool, i32)> {
     let int = |opt| {
         let mut v: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -99,25 +119,27 @@ fn check(fd: RawFd) -> std::io::Result<bool> {
                 &mut len,
             )
         };
-        if r == 0 { Ok(v) } else { Err(err()) }
-    };
-    if int(libc::SO_TYPE)? != libc::SOCK_STREAM || int(libc::SO_ACCEPTCONN)? == 0 {
-        return Err(std::io::Error::other("not a listening stream socket"));
-    }
-    let family = int(libc::SO_DOMAIN)?;
-    // SAFETY: fcntl on a descriptor checked above; no memory is passed.
-    unsafe {
-        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
-            return Err(err());
+        if r == 0 {
+            Ok(v)
+        } else {
+            Err(std::io::Error::last_os_error())
         }
+    };
+    Ok((
+        int(libc::SO_TYPE)?,
+        int(libc::SO_ACCEPTCONN)? != 0,
+        int(libc::SO_DOMAIN)?,
+    ))
+}
+
+/// Makes `fd` non-blocking, as the event loop needs every socket.
+pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
+    unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
         if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
-            return Err(err());
+            return Err(std::io::Error::last_os_error());
         }
     }
-    match family {
-        libc::AF_UNIX => Ok(true),
-        libc::AF_INET | libc::AF_INET6 => Ok(false),
-        _ => Err(std::io::Error::other("neither TCP nor a Unix socket")),
-    }
+    Ok(())
 }

@@ -163,6 +163,9 @@ pub struct Config {
     pub retry_ms: u64,
     /// Permissions given to every Unix socket mailboxd creates (`None`: umask).
     pub socket_mode: Option<u32>,
+    /// Where the running process writes its pid (a successor after an
+    /// upgrade writes its own); `None`: nowhere.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -205,6 +208,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             retry_ms: 2000,
             socket_mode: None,
+            pid_file: None,
         }
     }
 }
@@ -311,6 +315,7 @@ struct Settings {
     request_timeout: Option<f64>,
     retry_ms: Option<u64>,
     socket_mode: Option<String>,
+    pid_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -367,6 +372,9 @@ impl Settings {
         }
         if self.secret_file.is_some() {
             config.secret_file = self.secret_file;
+        }
+        if self.pid_file.is_some() {
+            config.pid_file = self.pid_file;
         }
         if self.state_dir.is_some() {
             config.state_dir = self.state_dir;
@@ -525,10 +533,16 @@ Security:
                            The file must not be readable by group or others.
                            [default: none: any client may open any mailbox]
 
+Process:
+  --pid-file FILE          write the pid here (rewritten by the new process after an
+                           upgrade) [default: none]
+
   -h, --help               print this help
   -V, --version            print the version
 
-Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the secret file.
+Signals: SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the secret file; SIGUSR2
+upgrades: the binary at the same path is started and takes over every listener
+and connection, or this process keeps serving if it fails (docs/upgrade.md).
 Logging: RUST_LOG=debug (or info, warn, ...); default info.
 ";
 
@@ -588,6 +602,7 @@ pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<
                 .get_or_insert_with(Vec::new)
                 .extend(value.split(',').map(str::to_string)),
             "secret-file" => cli.secret_file = Some(PathBuf::from(value)),
+            "pid-file" => cli.pid_file = Some(PathBuf::from(value)),
             "state-dir" => cli.state_dir = Some(PathBuf::from(value)),
             "store" => cli.store = Some(value),
             "fsync" => cli.fsync = Some(value),

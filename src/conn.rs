@@ -174,7 +174,8 @@ pub struct Exchange {
     pub mailbox: Rc<str>,
     /// How messages are written.
     pub transport: Transport,
-    /// Long-poll: answer with messages after this id.
+    /// Long-poll: answer with messages after this id. Streams: the id of
+    /// the last message queued to the client (where a successor resumes).
     pub since: u64,
     /// The next heartbeat (streams) or the end of the hold (long-poll).
     pub timer: TimerId,
@@ -263,6 +264,10 @@ pub struct Opening {
     /// Its deadline (FastCGI's request head deadline goes on; HTTP and SCGI
     /// keep the connection's).
     pub timer: TimerId,
+    /// Handed over by the process this one replaced: the exchange goes on
+    /// where it was (a stream's head is already out), and its next deadline
+    /// is this one.
+    pub continued: Option<Instant>,
 }
 
 /// Where an HTTP client connection is in its life.
@@ -869,6 +874,7 @@ impl Conns {
             self.woken.push((key, rid, msg.clone()));
             return Outcome::Keep;
         }
+        ex.since = ex.since.max(msg.id);
         ex.transport.message(msg, &mut self.scratch);
         conn.push_body(rid, &mut self.scratch);
         if !self.commit_output(key, max_output, now) {

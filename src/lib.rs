@@ -20,4 +20,5 @@ pub mod store;
 pub mod subscribers;
 pub mod throttle;
 pub mod timer;
+pub mod upgrade;
 pub mod wire;

@@ -2,9 +2,13 @@
 
 use std::process::ExitCode;
 
-use mailboxd::config::{self, Command};
+use std::time::SystemTime;
+
+use mailboxd::config::{self, Command, Config};
 use mailboxd::server::Server;
 use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore, RedisStore};
+use mailboxd::upgrade::Inheritance;
+use mailboxd::wire::handover::{Snapshot, StoreState};
 
 fn main() -> ExitCode {
     // A file-size limit (or a full disk) must fail a journal write with an
@@ -29,30 +33,122 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store: Box<dyn MailboxStore> = match (&config.store, &config.state_dir) {
-        (Some(redis), _) => Box::new(RedisStore::new(redis.clone(), config.store_limits())),
-        (None, None) => Box::new(MemoryStore::starting_now(config.store_limits())),
-        (None, Some(dir)) => {
-            let journal = JournalConfig {
-                dir: dir.clone(),
-                fsync: config.fsync,
-                compact_after: config.compact_after,
-            };
-            match JournaledStore::open(config.store_limits(), journal, MemoryStore::clock_id()) {
-                Ok(store) => Box::new(store),
-                Err(e) => {
-                    eprintln!("mailboxd: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+    // A successor in a binary upgrade: its predecessor waits for it, and
+    // every failure from here is told to it (it keeps serving) and ends
+    // this process without touching anything inherited.
+    let mut inheritance = match Inheritance::take() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("mailboxd: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    let result = Server::new(*config, store).and_then(|mut server| server.run());
-    match result {
+    let mut handed = inheritance.as_mut().map(|i| {
+        std::mem::replace(
+            &mut i.snapshot,
+            Snapshot {
+                taken_ms: 0,
+                store: StoreState::Memory(Vec::new()),
+                listeners: Vec::new(),
+                conns: Vec::new(),
+            },
+        )
+    });
+    let fail = |inheritance: Option<Inheritance>, e: String| -> ExitCode {
+        eprintln!("mailboxd: {e}");
+        if let Some(mut i) = inheritance {
+            i.refuse(&e);
+            // No destructor runs: what was inherited stays the predecessor's.
+            std::process::exit(1);
+        }
+        ExitCode::FAILURE
+    };
+    let state = handed
+        .as_mut()
+        .map(|s| std::mem::replace(&mut s.store, StoreState::Memory(Vec::new())));
+    let store = match open_store(&config, state) {
+        Ok(store) => store,
+        Err(e) => return fail(inheritance, e),
+    };
+    let taken_ms = handed.as_ref().map(|s| s.taken_ms);
+    let mut server = match Server::new(*config, store, handed) {
+        Ok(server) => server,
+        Err(e) => return fail(inheritance, e),
+    };
+    if let Some(i) = inheritance {
+        if let Err(e) = i.confirm() {
+            eprintln!("mailboxd: upgrade: {e}; exiting");
+            std::process::exit(1);
+        }
+        let frozen = taken_ms.map(mailboxd::wire::journal::from_ms);
+        let pause = frozen.and_then(|t| SystemTime::now().duration_since(t).ok());
+        log::info!(
+            "upgrade: took over from the previous process; serving {} ms after it froze",
+            pause.unwrap_or_default().as_millis()
+        );
+    }
+    match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mailboxd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The store the configuration names, with the state a predecessor handed
+/// over (a binary upgrade), which must be of the same kind.
+fn open_store(
+    config: &Config,
+    handed: Option<StoreState>,
+) -> Result<Box<dyn MailboxStore>, String> {
+    let changed = |was: &str| {
+        Err(format!(
+            "the store changed since the running process started (it used {was}); \
+             stop and start instead of upgrading"
+        ))
+    };
+    match (&config.store, &config.state_dir, handed) {
+        (Some(redis), _, None) => Ok(Box::new(RedisStore::new(
+            redis.clone(),
+            config.store_limits(),
+            None,
+        ))),
+        (Some(redis), _, Some(StoreState::Redis { instance })) => Ok(Box::new(RedisStore::new(
+            redis.clone(),
+            config.store_limits(),
+            Some(instance),
+        ))),
+        (None, None, None) => Ok(Box::new(MemoryStore::starting_now(config.store_limits()))),
+        (None, None, Some(StoreState::Memory(records))) => {
+            let store = MemoryStore::from_records(config.store_limits(), &records)
+                .map_err(|e| format!("handover snapshot: {e}"))?;
+            Ok(Box::new(store))
+        }
+        (None, Some(dir), handed) => {
+            let lock = match handed {
+                None => None,
+                Some(StoreState::Journal { lock_fd }) => Some(
+                    mailboxd::upgrade::adopt_fd(lock_fd, libc::S_IFREG)
+                        .map(std::fs::File::from)
+                        .map_err(|e| format!("state dir lock handed over ({lock_fd}): {e}"))?,
+                ),
+                Some(_) => return changed("another store than --state-dir"),
+            };
+            let journal = JournalConfig {
+                dir: dir.clone(),
+                fsync: config.fsync,
+                compact_after: config.compact_after,
+            };
+            let store = JournaledStore::open(
+                config.store_limits(),
+                journal,
+                MemoryStore::clock_id(),
+                lock,
+            )?;
+            Ok(Box::new(store))
+        }
+        (Some(_), _, Some(_)) => changed("another store than Redis"),
+        (None, None, Some(_)) => changed("--state-dir or Redis"),
     }
 }

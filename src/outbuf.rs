@@ -142,6 +142,17 @@ impl OutQueue {
         sink.write_vectored(&slices[..n])
     }
 
+    /// The bytes still to write, in one buffer (a handover passes them on
+    /// verbatim, whatever the chunk they are part of).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let bytes = chunk.bytes();
+            out.extend_from_slice(if i == 0 { &bytes[self.offset..] } else { bytes });
+        }
+        out
+    }
+
     /// Forgets all pending output and releases its memory.
     pub fn clear(&mut self) {
         *self = OutQueue::default();
@@ -220,6 +231,7 @@ mod tests {
         assert!(!q.write_to(&mut w).unwrap());
         assert_eq!(q.len(), total - 6);
         w.calls_left = usize::MAX;
+        assert_eq!(q.to_vec(), b"shared-body\ntail+more");
         assert!(q.write_to(&mut w).unwrap());
         assert_eq!(w.out, b"id: 1\nshared-body\ntail+more");
         assert!(q.is_empty());

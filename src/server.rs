@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mio::net::{TcpListener, UnixListener};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::auth::Secret;
@@ -42,10 +42,11 @@ use crate::conn::{
 use crate::limits;
 use crate::outbuf::OutQueue;
 use crate::peer;
-use crate::session::MAX_METRICS_CONNS;
-use crate::store::MailboxStore;
+use crate::session::{MAX_METRICS_CONNS, Restore};
+use crate::store::{Handover, MailboxStore};
 use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
+use crate::wire::handover::{ListenerRecord, Snapshot, StoreState};
 
 /// Token of the signal pipe.
 pub const SIGNAL: Token = Token(0);
@@ -59,6 +60,9 @@ pub const FIRST_CONN: usize = 1 << 16;
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for final output to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long an upgrade waits for work in flight (commands sent to Redis, a
+/// compaction being written) before it is abandoned.
+const UPGRADE_PREPARE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum ListenSocket {
@@ -110,6 +114,23 @@ pub struct Server {
     /// Set when accepting failed for lack of descriptors: every listener is
     /// tried again at this instant, or as soon as a connection closes.
     accept_retry: Option<Instant>,
+    /// A binary upgrade is under way (`SIGUSR2`): nothing new is read or
+    /// accepted until it completes or is abandoned at this deadline.
+    upgrade: Option<Instant>,
+    /// After an abandoned upgrade: readiness that arrived meanwhile was not
+    /// acted on, so every listener and connection is read on the next turn.
+    kick: bool,
+    /// Requests a predecessor handed over, waiting to open their mailboxes.
+    pub(crate) restores: Vec<Restore>,
+    /// Restores were submitted this turn: the store hears of it after commit.
+    restored: bool,
+    /// Unix socket files a predecessor handed over: ours to remove at exit
+    /// once the handover is confirmed (until then they are its).
+    handed_paths: Vec<(usize, PathBuf)>,
+    /// The binary and arguments this process was started with: what an
+    /// upgrade starts again.
+    exe: Option<PathBuf>,
+    args: Vec<std::ffi::OsString>,
 }
 
 /// How long to wait before accepting again after running out of
@@ -118,8 +139,15 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl Server {
     /// Binds every listener and the signal handlers, and loads the secret;
-    /// `store` keeps the mailboxes (the caller chooses which store).
-    pub fn new(mut config: Config, store: Box<dyn MailboxStore>) -> Result<Server, String> {
+    /// `store` keeps the mailboxes (the caller chooses which store). A
+    /// successor in a binary upgrade passes what it was `handed`: its
+    /// listeners stand in for those of their kind, and its connections are
+    /// adopted.
+    pub fn new(
+        mut config: Config,
+        store: Box<dyn MailboxStore>,
+        handed: Option<Snapshot>,
+    ) -> Result<Server, String> {
         match limits::raise_nofile() {
             Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => {
                 let allowed = limits::clients_allowed(fds).max(1) as usize;
@@ -145,14 +173,25 @@ impl Server {
                 None
             }
         };
-        let inherited = crate::activation::take()?;
+        let mut inherited = crate::activation::take()?;
+        let (handed_listeners, handed_conns) = match handed {
+            Some(s) => (s.listeners, s.conns),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut handed_paths = Vec::new();
+        for l in handed_listeners {
+            let path =
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(l.path.clone());
+            handed_paths.push((inherited.len(), PathBuf::from(path)));
+            inherited.push(adopt_listener(l)?);
+        }
         let names: Vec<String> = inherited.iter().map(|i| i.name.clone()).collect();
         let passed = |kind: Kind| names.iter().any(|n| n == kind.name());
         if !passed(Kind::Control) {
             prepare_control_dir(&config)?;
         }
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNAL, Interest::READABLE)
@@ -214,15 +253,13 @@ impl Server {
                 ListenSocket::Unix(l, _) => poll.registry().register(l, token, Interest::READABLE),
             };
             registered.map_err(|e| format!("cannot watch {}: {e}", local_name(&socket)))?;
-            if inherited {
+            if inherited && handed_paths.is_empty() {
                 log::info!("{} socket inherited (socket activation)", kind.name());
             }
             log::info!("listening {}={}", kind.name(), local_name(&socket));
             listeners.push(Listener { kind, socket });
         }
-        let mut store = store;
-        store.attach(poll.registry(), STORE);
-        Ok(Server {
+        let mut server = Server {
             poll,
             listeners,
             conns: Conns::default(),
@@ -238,11 +275,33 @@ impl Server {
             secret,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             accept_retry: None,
-        })
+            upgrade: None,
+            kick: false,
+            restores: Vec::new(),
+            restored: false,
+            handed_paths,
+            exe: std::env::current_exe().ok(),
+            args: std::env::args_os().skip(1).collect(),
+        };
+        server.thaw_conns(handed_conns)?;
+        Ok(server)
     }
 
-    /// Runs until SIGTERM/SIGINT and a clean drain.
+    /// Runs until SIGTERM/SIGINT and a clean drain (or until a successor
+    /// takes over). The store connects now, not before: a successor must
+    /// not touch a shared store until its predecessor has let go.
     pub fn run(&mut self) -> Result<(), String> {
+        self.store.attach(self.poll.registry(), STORE);
+        for (index, path) in std::mem::take(&mut self.handed_paths) {
+            if let Some(Listener {
+                socket: ListenSocket::Unix(_, own),
+                ..
+            }) = self.listeners.get_mut(index)
+            {
+                *own = path;
+            }
+        }
+        self.write_pid_file();
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
@@ -251,11 +310,15 @@ impl Server {
                 .is_some_and(|deadline| self.conns.slab.is_empty() || now >= deadline)
             {
                 log::info!("shut down ({} connections left)", self.conns.slab.len());
+                self.remove_pid_file();
                 return Ok(());
             }
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let timeout = if self.kick {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(now))
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -265,6 +328,10 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(event, now);
             }
+            if std::mem::take(&mut self.kick) {
+                self.read_everything(now);
+            }
+            self.restored |= self.submit_restores(now);
             let turn = now;
             self.fire_timers(now);
             self.settle(now);
@@ -273,9 +340,16 @@ impl Server {
             while self.store.commit() {
                 self.settle(now);
             }
+            if std::mem::take(&mut self.restored) {
+                let wall = self.wall(now);
+                self.store.restored(wall);
+            }
             self.flush(now);
             let closed = self.reap(now);
             self.retry_accepts(now, closed > 0);
+            if self.upgrade.is_some() {
+                self.try_upgrade(now);
+            }
             let spent = turn.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             self.conns.counters.turns.observe(spent);
         }
@@ -314,7 +388,13 @@ impl Server {
                 for signal in pending {
                     match signal {
                         SIGHUP => self.reload_secret(),
-                        _ => self.begin_shutdown(now),
+                        SIGUSR2 => self.begin_upgrade(now),
+                        _ => {
+                            if self.upgrade.take().is_some() {
+                                log::info!("upgrade cancelled: stopping instead");
+                            }
+                            self.begin_shutdown(now);
+                        }
                     }
                 }
             }
@@ -322,7 +402,12 @@ impl Server {
                 let wall = self.wall(now);
                 self.store.ready(wall);
             }
-            Token(t) if t < FIRST_CONN => self.accept(t - LISTENER_BASE, now),
+            // While an upgrade is prepared nothing new is read or accepted.
+            Token(t) if t < FIRST_CONN => {
+                if self.upgrade.is_none() {
+                    self.accept(t - LISTENER_BASE, now);
+                }
+            }
             Token(t) => {
                 let key = t - FIRST_CONN;
                 let Some(conn) = self.conns.slab.get(key) else {
@@ -331,6 +416,9 @@ impl Server {
                 let control = matches!(conn.session, Session::Control(_));
                 if event.is_writable() {
                     self.conns.schedule_flush(key);
+                }
+                if self.upgrade.is_some() {
+                    return;
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     if control {
@@ -700,6 +788,155 @@ impl Server {
         closed
     }
 
+    /// SIGUSR2: starts a binary upgrade. From now on nothing new is read or
+    /// accepted; at the end of each turn [`Server::try_upgrade`] checks
+    /// whether work in flight has finished, and hands everything over.
+    fn begin_upgrade(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            log::warn!("SIGUSR2 ignored: shutting down");
+        } else if self.upgrade.is_some() {
+            log::warn!("SIGUSR2 ignored: an upgrade is already under way");
+        } else if self.exe.is_none() {
+            log::error!("SIGUSR2 ignored: this process cannot tell which binary it runs");
+        } else {
+            log::info!(
+                "SIGUSR2: upgrading: starting {} and handing it {} connections",
+                self.exe.as_deref().unwrap_or(Path::new("?")).display(),
+                self.conns.slab.len()
+            );
+            self.upgrade = Some(now + UPGRADE_PREPARE);
+        }
+    }
+
+    /// Hands every listener and connection to a new process once the store
+    /// and every connection can be frozen; exits when the new process has
+    /// taken over, and carries on serving when it has not.
+    fn try_upgrade(&mut self, now: Instant) {
+        let Some(deadline) = self.upgrade else {
+            return;
+        };
+        let started = Instant::now();
+        let store = match self.store.handover() {
+            Handover::Ready(state) => state,
+            Handover::Busy if now < deadline => return,
+            Handover::Busy => {
+                return self.abandon_upgrade("the store's work in flight did not finish in time");
+            }
+            Handover::Refused(why) => return self.abandon_upgrade(&why),
+        };
+        let Some(conns) = self.freeze_conns() else {
+            if now >= deadline {
+                self.abandon_upgrade("requests still waiting for the store");
+            }
+            return;
+        };
+        let mut fds: Vec<i32> = conns.iter().map(|c| c.fd).collect();
+        let listeners: Vec<ListenerRecord> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let (fd, path) = match &l.socket {
+                    ListenSocket::Tcp(t) => (t.as_raw_fd(), Vec::new()),
+                    ListenSocket::Unix(u, path) => (
+                        u.as_raw_fd(),
+                        std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec(),
+                    ),
+                };
+                ListenerRecord {
+                    name: l.kind.name().to_string(),
+                    fd,
+                    path,
+                }
+            })
+            .collect();
+        fds.extend(listeners.iter().map(|l| l.fd));
+        if let StoreState::Journal { lock_fd } = &store {
+            fds.push(*lock_fd);
+        }
+        let count = conns.len();
+        let snapshot = crate::wire::handover::encode(&Snapshot {
+            taken_ms: crate::wire::journal::to_ms(self.wall(now)),
+            store,
+            listeners,
+            conns,
+        });
+        let exe = self.exe.clone().unwrap_or_default();
+        let successor = match crate::upgrade::spawn(&exe, &self.args, &snapshot, &fds) {
+            Ok(s) => s,
+            Err(e) => return self.abandon_upgrade(&format!("cannot start {}: {e}", exe.display())),
+        };
+        let pid = successor.pid();
+        match successor.hand_over() {
+            Ok(()) => {
+                log::info!(
+                    "upgrade: pid {pid} took over {count} connections ({} bytes of snapshot) \
+                     {} ms after they were frozen; exiting",
+                    snapshot.len(),
+                    started.elapsed().as_millis()
+                );
+                // No destructor runs: the sockets, their files and the
+                // state directory are the new process's now.
+                std::process::exit(0);
+            }
+            Err(why) => self.abandon_upgrade(&format!("new process (pid {pid}): {why}")),
+        }
+    }
+
+    /// Gives up an upgrade: everything stays with this process, which reads
+    /// what arrived meanwhile on the next turn.
+    fn abandon_upgrade(&mut self, why: &str) {
+        log::error!("upgrade abandoned: {why}; this process keeps serving");
+        self.upgrade = None;
+        self.kick = true;
+    }
+
+    /// Accepts on every listener and reads every connection: readiness
+    /// reported while an upgrade was prepared was not acted on.
+    fn read_everything(&mut self, now: Instant) {
+        for index in 0..self.listeners.len() {
+            self.accept(index, now);
+        }
+        let keys: Vec<(usize, bool)> = self
+            .conns
+            .slab
+            .iter()
+            .map(|(k, c)| (k, matches!(c.session, Session::Control(_))))
+            .collect();
+        for (key, control) in keys {
+            if control {
+                self.control_readable(key, now);
+            } else {
+                self.client_readable(key, now);
+            }
+        }
+    }
+
+    /// Writes our pid to `--pid-file` (a successor rewrites it), through a
+    /// temporary file so a reader never sees it half written.
+    fn write_pid_file(&self) {
+        let Some(path) = &self.config.pid_file else {
+            return;
+        };
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            log::error!("cannot write pid file {}: {e}", path.display());
+        }
+    }
+
+    /// Removes `--pid-file` at a clean stop, unless another process wrote it.
+    fn remove_pid_file(&self) {
+        let Some(path) = &self.config.pid_file else {
+            return;
+        };
+        let ours =
+            std::fs::read_to_string(path).is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Stops accepting, ends every stream cleanly, answers held polls, and
     /// gives the output [`SHUTDOWN_GRACE`] to drain.
     fn begin_shutdown(&mut self, now: Instant) {
@@ -738,6 +975,27 @@ impl Server {
             }
         }
     }
+}
+
+/// Takes a listening socket a predecessor handed over, as socket
+/// activation would: checked, close-on-exec, non-blocking.
+fn adopt_listener(l: ListenerRecord) -> Result<crate::activation::Inherited, String> {
+    let kinds = ["http", "fastcgi", "scgi", "control", "metrics"];
+    if !kinds.contains(&l.name.as_str()) {
+        return Err(format!(
+            "handed-over listener '{}' is of no known kind",
+            l.name
+        ));
+    }
+    let fd = crate::upgrade::adopt_fd(l.fd, libc::S_IFSOCK)
+        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
+    let unix = crate::activation::check(fd.as_raw_fd())
+        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
+    Ok(crate::activation::Inherited {
+        name: l.name,
+        fd,
+        unix,
+    })
 }
 
 /// Binds a listener; a leftover Unix socket file from a crashed run is

@@ -18,7 +18,7 @@ use std::time::Instant;
 pub const CONN_SLOT: u32 = 1 << 16;
 
 /// Names one scheduled deadline; unique for the life of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct TimerId(u64);
 
 impl TimerId {
@@ -74,6 +74,15 @@ impl Timers {
             }
             _ => None,
         }
+    }
+
+    /// Every pending deadline by id, stale ones included (a handover
+    /// looks up the deadlines its connections honour).
+    pub fn deadlines(&self) -> std::collections::HashMap<TimerId, Instant> {
+        self.heap
+            .iter()
+            .map(|Reverse((at, id, _, _))| (*id, *at))
+            .collect()
     }
 
     /// Entries held, stale ones included.

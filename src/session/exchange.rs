@@ -149,6 +149,7 @@ impl Server {
             ticket,
             route,
             timer: TimerId::NONE,
+            continued: None,
         });
         if let Some(conn) = self.conns.slab.get_mut(key) {
             conn.set_opening(rid, opening);
@@ -180,11 +181,25 @@ impl Server {
             }
             return;
         };
+        let continued = opening.continued;
+        // A handed-over stream's head went out before; a long-poll's head
+        // is only written with its answer.
+        let head_sent = continued.is_some() && opening.route.transport != Transport::Poll;
         let started = result.map_err(unavailable).and_then(|(mailbox, backlog)| {
-            self.begin_exchange(key, rid, opening.route, mailbox, backlog, now)
+            self.begin_exchange(key, rid, opening.route, continued, mailbox, backlog, now)
         });
-        if let Err(rejection) = started {
-            self.reject(key, rid, rejection, now);
+        match started {
+            // A stream whose head went out before the handover ends
+            // cleanly; its client resumes from retained messages.
+            Err(rejection) if head_sent => {
+                log::info!(
+                    "conn={key} stream handed over could not go on ({}): ending it",
+                    rejection.message
+                );
+                self.finish(key, rid, false, now);
+            }
+            Err(rejection) => self.reject(key, rid, rejection, now),
+            Ok(()) => {}
         }
         if matches!(
             self.conns.slab.get(key).map(|c| &c.session),
@@ -196,12 +211,16 @@ impl Server {
     }
 
     /// With the mailbox open: answers a long-poll at once when there is
-    /// something to say, else parks the request.
+    /// something to say, else parks the request. An exchange `continued`
+    /// from a predecessor keeps its deadline, and a stream's head and
+    /// preamble are not written again.
+    #[allow(clippy::too_many_arguments)]
     fn begin_exchange(
         &mut self,
         key: usize,
         rid: u16,
         route: Route,
+        continued: Option<Instant>,
         mailbox: Rc<str>,
         backlog: Backlog,
         now: Instant,
@@ -224,7 +243,7 @@ impl Server {
             }
             let since = route.resume.unwrap_or(backlog.last_id);
             self.subscribe(&mailbox, sub, now)?;
-            let hold = now + self.config.poll_timeout;
+            let hold = continued.unwrap_or(now + self.config.poll_timeout);
             self.park(
                 key,
                 rid,
@@ -245,7 +264,13 @@ impl Server {
         }
         self.subscribe(&mailbox, sub, now)?;
         let transport = route.transport;
-        let heartbeat = now + self.config.heartbeat;
+        let heartbeat = continued.unwrap_or(now + self.config.heartbeat);
+        // Every message up to the mailbox's last id is queued below or was
+        // evicted before: a successor resumes after it.
+        let since = backlog
+            .messages
+            .last()
+            .map_or(backlog.last_id, |m| m.id.max(backlog.last_id));
         self.park(
             key,
             rid,
@@ -253,13 +278,15 @@ impl Server {
             Exchange {
                 mailbox: mailbox.clone(),
                 transport,
-                since: 0,
+                since,
                 timer: TimerId::NONE,
                 woken: false,
             },
         );
         let scratch = &mut self.conns.scratch;
-        scratch.extend(transport.preamble(self.config.retry_ms));
+        if continued.is_none() {
+            scratch.extend(transport.preamble(self.config.retry_ms));
+        }
         if backlog.gap {
             self.conns.counters.gaps += 1;
             transport.gap(route.resume.unwrap_or(0), backlog.oldest, scratch);
@@ -268,7 +295,9 @@ impl Server {
             transport.message(msg, scratch);
         }
         let conn = &mut self.conns.slab[key];
-        conn.push_head(rid, &Head::stream(transport));
+        if continued.is_none() {
+            conn.push_head(rid, &Head::stream(transport));
+        }
         conn.push_body(rid, scratch);
         self.conns.schedule_flush(key);
         log::debug!(

@@ -10,13 +10,17 @@
 //! | [`scgi`] | a web server over SCGI: one request per connection |
 //! | [`exchange`] | what every client gateway shares: a request parked on a mailbox |
 //! | [`metrics`] | a monitoring system: one `GET /metrics`, answered, closed |
+//! | [`handover`] | every kind, frozen for a binary upgrade and thawed by the new process |
 
 mod control;
 mod exchange;
 mod fcgi;
+mod handover;
 mod http;
 mod metrics;
 mod scgi;
+
+pub(crate) use handover::Restore;
 
 /// How long a FastCGI connection that a web server keeps for reuse
 /// (`FCGI_KEEP_CONN`) may sit idle between requests. Web servers pool

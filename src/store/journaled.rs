@@ -48,7 +48,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::replay::Replay;
 use super::{
-    Done, MailboxStore, MemoryStore, Op, StoreError, StoreEvent, StoreLimits, StoreStats, Ticket,
+    Done, Handover, MailboxStore, MemoryStore, Op, StoreError, StoreEvent, StoreLimits, StoreState,
+    StoreStats, Ticket,
 };
 use crate::wire::Status;
 use crate::wire::journal::{self, Record};
@@ -101,7 +102,7 @@ pub struct JournaledStore {
     inner: MemoryStore,
     config: JournalConfig,
     /// Held (locked) for the life of the process.
-    _lock: File,
+    lock: File,
     /// The journal being appended to, and its generation.
     file: File,
     generation: u64,
@@ -172,6 +173,30 @@ fn lock(dir: &Path) -> Result<File, String> {
             "state dir {} is in use by another mailboxd (pid {}); one directory, one process",
             dir.display(),
             holder.trim()
+        ));
+    }
+    file.set_len(0)
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| format!("cannot write to state dir {}: {e}", dir.display()))?;
+    Ok(file)
+}
+
+/// Takes over the lock a predecessor held (a binary upgrade): the
+/// descriptor must be the directory's `LOCK` file, already locked by the
+/// open file both processes share.
+fn inherit_lock(dir: &Path, mut file: File) -> Result<File, String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join("LOCK");
+    let same = match (file.metadata(), std::fs::metadata(&path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    // SAFETY: flock on a descriptor we own; on the shared open file that
+    // already holds the lock it succeeds at once.
+    if !same || unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "the lock handed over is not {}'s, or not held",
+            dir.display()
         ));
     }
     file.set_len(0)
@@ -257,11 +282,14 @@ fn load(path: &Path, store: &mut MemoryStore, replay: &mut Replay) -> Result<Loa
 impl JournaledStore {
     /// Opens (creating if needed) a state directory, recovers its state and
     /// takes its lock. Ids continue above both the recovered ones and
-    /// `first_id`.
+    /// `first_id`. A successor in a binary upgrade passes the lock it
+    /// inherited (`handed_lock`); its mailboxes then stay watched until the
+    /// requests handed over have opened them again ([`MailboxStore::restored`]).
     pub fn open(
         limits: StoreLimits,
         config: JournalConfig,
         first_id: u64,
+        handed_lock: Option<File>,
     ) -> Result<JournaledStore, String> {
         let dir = &config.dir;
         {
@@ -272,7 +300,11 @@ impl JournaledStore {
                 .create(dir)
                 .map_err(|e| format!("cannot create state dir {}: {e}", dir.display()))?;
         }
-        let lock = lock(dir)?;
+        let handed = handed_lock.is_some();
+        let lock = match handed_lock {
+            Some(file) => inherit_lock(dir, file)?,
+            None => lock(dir)?,
+        };
         let started = Instant::now();
         let now = SystemTime::now();
         let mut inner = MemoryStore::new(limits, 1);
@@ -312,7 +344,9 @@ impl JournaledStore {
             damaged |= loaded.damaged;
             records += loaded.records;
         }
-        inner.finish_recovery(now);
+        if !handed {
+            inner.finish_recovery(now);
+        }
         inner.resume_ids(first_id, records == 0, damaged);
         // Older generations are leftovers of a compaction that finished.
         for kind in ["snapshot", "journal"] {
@@ -345,7 +379,7 @@ impl JournaledStore {
         Ok(JournaledStore {
             inner,
             config,
-            _lock: lock,
+            lock,
             file,
             generation: current,
             journal_bytes,
@@ -529,6 +563,26 @@ impl JournaledStore {
 }
 
 impl MailboxStore for JournaledStore {
+    fn handover(&mut self) -> Handover {
+        self.compact();
+        if self.compaction.is_some() || !self.held.is_empty() || !self.ready.is_empty() {
+            return Handover::Busy;
+        }
+        if self.failing {
+            return Handover::Refused("the journal cannot be written".into());
+        }
+        if let Err(e) = self.write_out(true) {
+            return Handover::Refused(format!("the journal cannot be written: {e}"));
+        }
+        Handover::Ready(StoreState::Journal {
+            lock_fd: self.lock.as_raw_fd(),
+        })
+    }
+
+    fn restored(&mut self, now: SystemTime) {
+        self.inner.finish_recovery(now);
+    }
+
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime) {
         self.clock = now;
         let changes = !matches!(op, Op::Members { .. } | Op::Info { .. } | Op::Open { .. });

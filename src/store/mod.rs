@@ -36,6 +36,7 @@ mod journaled;
 mod redis;
 mod replay;
 
+pub use crate::wire::handover::StoreState;
 pub use journaled::{Fsync, JournalConfig, JournaledStore};
 pub use redis::{RedisAddr, RedisSocket, RedisStore};
 pub use replay::{Replay, ReplayError};
@@ -371,6 +372,32 @@ pub trait MailboxStore {
     fn attach(&mut self, _registry: &mio::Registry, _token: mio::Token) {}
     /// The store's socket is ready: reads what arrived (results, messages).
     fn ready(&mut self, _now: SystemTime) {}
+    /// Whether commands can be taken now (a shared store is connected);
+    /// requests handed over by a predecessor wait for it.
+    fn available(&self) -> bool {
+        true
+    }
+    /// Prepares to hand everything to a successor process (a binary
+    /// upgrade): says what the successor needs, or that work in flight must
+    /// finish first. Nothing is changed; if the upgrade is rolled back this
+    /// store simply carries on.
+    fn handover(&mut self) -> Handover;
+    /// In a successor: every request handed over has opened its mailbox
+    /// again. A mailbox watched before the handover that no request watches
+    /// now starts to idle (or goes, if it holds nothing).
+    fn restored(&mut self, _now: SystemTime) {}
+}
+
+/// A store's answer when asked to hand its state to a successor process.
+#[derive(Debug)]
+pub enum Handover {
+    /// Work is in flight (a command sent to Redis, a compaction being
+    /// written): ask again on a later turn.
+    Busy,
+    /// Ready: this is what the successor needs.
+    Ready(StoreState),
+    /// Not possible now, for this reason; the upgrade is abandoned.
+    Refused(String),
 }
 
 /// All mailboxes and groups of one server, in this process's memory.
@@ -781,6 +808,16 @@ impl MailboxStore for MemoryStore {
 
     fn next_deadline(&self) -> Option<SystemTime> {
         self.expiry.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn handover(&mut self) -> Handover {
+        let mut records = Vec::with_capacity(self.memory + 64 * self.mailboxes.len());
+        self.snapshot(&mut records);
+        Handover::Ready(StoreState::Memory(records))
+    }
+
+    fn restored(&mut self, now: SystemTime) {
+        self.finish_recovery(now);
     }
 
     fn stats(&self) -> StoreStats {

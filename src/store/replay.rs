@@ -152,14 +152,43 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// After the last record: nobody is subscribed any more. A mailbox that
-    /// was watched starts idling `now`; one that holds nothing and belongs
+    /// A store rebuilt from a predecessor's snapshot (a binary upgrade):
+    /// its mailboxes stay watched until the requests handed over have
+    /// opened them again ([`super::MailboxStore::restored`]). Ids go on
+    /// above the recovered ones and the clock.
+    pub fn from_records(
+        limits: super::StoreLimits,
+        records: &[u8],
+    ) -> Result<MemoryStore, ReplayError> {
+        let mut store = MemoryStore::new(limits, 1);
+        let mut replay = Replay::new(SystemTime::now());
+        let mut at = 0;
+        while at < records.len() {
+            match journal::decode(&records[at..]) {
+                Ok(crate::wire::Status::Complete((record, used))) => {
+                    replay.apply(&mut store, &record)?;
+                    at += used;
+                }
+                Ok(crate::wire::Status::Partial) => {
+                    return Err(ReplayError("a record cut short".into()));
+                }
+                Err(e) => return Err(ReplayError(e.to_string())),
+            }
+        }
+        store.resume_ids(MemoryStore::clock_id(), false, false);
+        Ok(store)
+    }
+
+    /// After the last record: nobody is subscribed any more, except the
+    /// requests a predecessor handed over, which have opened their
+    /// mailboxes again by now. A mailbox that was watched and has no
+    /// subscriber starts idling `now`; one that holds nothing and belongs
     /// to no group goes.
     pub fn finish_recovery(&mut self, now: SystemTime) {
         let watched: Vec<usize> = self
             .mailboxes
             .iter()
-            .filter(|(_, m)| m.watched())
+            .filter(|(_, m)| m.watched() && m.subscribers == 0)
             .map(|(k, _)| k)
             .collect();
         for key in watched {

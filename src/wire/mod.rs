@@ -3,6 +3,7 @@
 //!
 //! | module | format |
 //! |---|---|
+//! | [`handover`] | the snapshot a process hands its successor in a binary upgrade |
 //! | [`http`] | HTTP/1.x request heads in (httparse), response heads out |
 //! | [`fcgi`] | FastCGI records, name-value pairs, response records |
 //! | [`scgi`] | SCGI header netstrings |
@@ -18,6 +19,7 @@
 pub mod cgi;
 pub mod control;
 pub mod fcgi;
+pub mod handover;
 pub mod http;
 pub mod journal;
 pub mod notice;

@@ -42,8 +42,8 @@ use link::{Incoming, Link};
 pub use link::{LinkState, RedisAddr, RedisSocket};
 
 use super::{
-    BACKEND_RESERVE_PERCENT, Backlog, Delivery, Done, MailboxInfo, MailboxStore, Op, StoreError,
-    StoreEvent, StoreLimits, StoreStats, Ticket,
+    BACKEND_RESERVE_PERCENT, Backlog, Delivery, Done, Handover, MailboxInfo, MailboxStore, Op,
+    StoreError, StoreEvent, StoreLimits, StoreState, StoreStats, Ticket,
 };
 use crate::message::{Message, Payload};
 use crate::wire::notice::{self, Notice};
@@ -156,13 +156,17 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// A store on the Redis at `addr`; it connects once attached to the loop.
-    pub fn new(addr: RedisAddr, limits: StoreLimits) -> RedisStore {
+    /// A successor in a binary upgrade passes its predecessor's instance
+    /// name, and takes its place in Redis.
+    pub fn new(addr: RedisAddr, limits: StoreLimits, instance: Option<String>) -> RedisStore {
         // Every reply our functions give is bounded by the retention limits.
         let max_frame = 64 * 1024 * 1024 + RESYNC_BATCH * limits.retain_bytes.saturating_mul(2);
         RedisStore {
             link: Link::new(addr, max_frame),
             limits,
-            instance: instance_id(),
+            instance: instance
+                .filter(|i| i.len() == 16 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or_else(instance_id),
             pending: VecDeque::new(),
             events: VecDeque::new(),
             local: HashMap::new(),
@@ -702,6 +706,22 @@ impl RedisStore {
 }
 
 impl MailboxStore for RedisStore {
+    fn available(&self) -> bool {
+        self.up()
+    }
+
+    fn handover(&mut self) -> Handover {
+        if !self.up() {
+            return Handover::Refused("Redis is unreachable".into());
+        }
+        if !self.pending.is_empty() || !self.events.is_empty() {
+            return Handover::Busy;
+        }
+        Handover::Ready(StoreState::Redis {
+            instance: self.instance.clone(),
+        })
+    }
+
     fn submit(&mut self, ticket: Ticket, op: Op, now: SystemTime) {
         if !self.up() {
             self.events

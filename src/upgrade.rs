@@ -1,0 +1,366 @@
+//! Binary upgrade (`SIGUSR2`): a running mailboxd starts its own binary
+//! again (the file may have been replaced by a newer version) and hands the
+//! new process every listener and connection, without closing any.
+//!
+//! The two processes talk over a socket pair, one byte per step:
+//!
+//! ```text
+//! old: freeze (no more reads or writes) → snapshot in a memfd → spawn new
+//! new: load the store, adopt every descriptor           → 'R' (ready) or 'E'+why
+//! old: on 'R' within CONFIRM_TIMEOUT                     → 'G' (go)
+//! new: on 'G'                                            → 'A' (serving), then the loop
+//! old: on 'A'                                            → exit, closing only its copies
+//! ```
+//!
+//! Until the new process has read `G` it touches no socket, and until the
+//! old one has written it, the old one may still change its mind: if the new
+//! process fails, exits, says why or stays silent, the old one kills it
+//! (its own child, by pid), and carries on serving as if nothing happened.
+//! Sockets are never shut down, only closed, so whichever process keeps
+//! them, the peers see nothing.
+//!
+//! Descriptors keep their numbers across `exec` (close-on-exec is cleared
+//! in the child alone), so even 19,000 connections are passed without one
+//! extra descriptor. The environment names the snapshot and the channel:
+//! [`ENV`]`=<snapshot fd>:<channel fd>`.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use crate::wire::handover::{self, MAX_SNAPSHOT, Snapshot};
+
+/// The variable naming the inherited snapshot and channel.
+pub const ENV: &str = "MAILBOXD_HANDOVER";
+
+/// How long the new process may take to start, load the state and adopt
+/// every connection: a journal replays in well under a second, and 19,000
+/// connections are adopted in tens of milliseconds.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long each side waits for the other's next step once both are up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The predecessor's side: a started successor not yet in charge.
+#[derive(Debug)]
+pub struct Successor {
+    child: Child,
+    channel: UnixStream,
+}
+
+/// Starts `exe` with `args`, passing `fds` at their numbers and the
+/// snapshot in a memfd.
+pub fn spawn(
+    exe: &Path,
+    args: &[OsString],
+    snapshot: &[u8],
+    fds: &[RawFd],
+) -> io::Result<Successor> {
+    let memfd = memfd(snapshot)?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut keep: Vec<RawFd> = fds.to_vec();
+    keep.push(memfd.as_raw_fd());
+    keep.push(theirs.as_raw_fd());
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .env(ENV, format!("{}:{}", memfd.as_raw_fd(), theirs.as_raw_fd()));
+    // SAFETY: between fork and exec the child only calls fcntl, which is
+    // async-signal-safe, on descriptors it inherited; `keep` was allocated
+    // before the fork and is only read.
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &keep {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(theirs);
+    drop(memfd);
+    ours.set_read_timeout(Some(CONFIRM_TIMEOUT))?;
+    Ok(Successor {
+        child,
+        channel: ours,
+    })
+}
+
+impl Successor {
+    /// The new process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the successor to be ready and lets it take over. `Ok`: it
+    /// serves, and this process must exit without touching any socket.
+    /// `Err`: it was stopped (killed if need be, and reaped), and this
+    /// process still owns everything.
+    pub fn hand_over(mut self) -> Result<(), String> {
+        self.converse().map_err(|why| {
+            let status = self.stop();
+            format!("{why} ({status})")
+        })
+    }
+
+    fn converse(&mut self) -> Result<(), String> {
+        match read_step(&mut self.channel) {
+            Ok(Step::Ready) => {}
+            Ok(Step::Refused(why)) => return Err(format!("the new process refused: {why}")),
+            Ok(Step::Ended) => return Err("the new process exited before it was ready".into()),
+            Ok(_) => return Err("the new process said something unexpected".into()),
+            Err(e) if timed_out(&e) => {
+                return Err(format!(
+                    "the new process was not ready within {} s",
+                    CONFIRM_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("lost the new process: {e}")),
+        }
+        self.channel
+            .write_all(b"G")
+            .map_err(|e| format!("cannot tell the new process to go: {e}"))?;
+        let _ = self.channel.set_read_timeout(Some(STEP_TIMEOUT));
+        match read_step(&mut self.channel) {
+            Ok(Step::Serving) => Ok(()),
+            _ => Err("the new process did not confirm it took over".into()),
+        }
+    }
+
+    /// Stops the new process and says how it ended.
+    fn stop(&mut self) -> String {
+        // Our own child, by pid: a new process that stalls or misbehaves
+        // must not linger holding copies of every socket.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status.to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status.to_string();
+        }
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(status) => format!("stopped: {status}"),
+            Err(e) => format!("cannot reap it: {e}"),
+        }
+    }
+}
+
+/// The successor's side: what it inherited.
+#[derive(Debug)]
+pub struct Inheritance {
+    /// The predecessor's state.
+    pub snapshot: Snapshot,
+    channel: UnixStream,
+}
+
+impl Inheritance {
+    /// The snapshot and channel named by [`ENV`], if this process is a
+    /// successor; the variable is removed so no child of ours sees it.
+    pub fn take() -> Result<Option<Inheritance>, String> {
+        let Some(value) = std::env::var_os(ENV) else {
+            return Ok(None);
+        };
+        // SAFETY: single-threaded at start; nothing else reads the environment.
+        unsafe { std::env::remove_var(ENV) };
+        let value = value.to_string_lossy();
+        let (snapshot_fd, channel_fd) = value
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<RawFd>().ok()?, b.parse::<RawFd>().ok()?)))
+            .filter(|&(a, b)| a > 2 && b > 2 && a != b)
+            .ok_or_else(|| format!("{ENV}: '{value}' is not two descriptor numbers"))?;
+        let snapshot_file = adopt_fd(snapshot_fd, libc::S_IFREG)
+            .map_err(|e| format!("{ENV}: snapshot descriptor {snapshot_fd}: {e}"))?;
+        let channel = adopt_fd(channel_fd, libc::S_IFSOCK)
+            .map_err(|e| format!("{ENV}: channel descriptor {channel_fd}: {e}"))?;
+        let channel = UnixStream::from(channel);
+        let mut inheritance = Inheritance {
+            snapshot: Snapshot {
+                taken_ms: 0,
+                store: handover::StoreState::Memory(Vec::new()),
+                listeners: Vec::new(),
+                conns: Vec::new(),
+            },
+            channel,
+        };
+        match read_snapshot(File::from(snapshot_file)) {
+            Ok(snapshot) => inheritance.snapshot = snapshot,
+            Err(e) => {
+                inheritance.refuse(&e);
+                return Err(e);
+            }
+        }
+        Ok(Some(inheritance))
+    }
+
+    /// Tells the predecessor why this process cannot take over; it keeps
+    /// serving. The caller exits without touching any inherited socket.
+    pub fn refuse(&mut self, why: &str) {
+        let mut line = b"E".to_vec();
+        line.extend_from_slice(why.as_bytes().get(..200).unwrap_or(why.as_bytes()));
+        line.push(b'\n');
+        let _ = self.channel.write_all(&line);
+    }
+
+    /// Says this process is ready and waits for the predecessor to let go.
+    /// `Ok`: every inherited socket is ours now. `Err`: the predecessor
+    /// kept them (or is gone without saying); exit without touching any.
+    pub fn confirm(mut self) -> Result<(), String> {
+        self.channel
+            .write_all(b"R")
+            .map_err(|e| format!("cannot reach the old process: {e}"))?;
+        let _ = self
+            .channel
+            .set_read_timeout(Some(CONFIRM_TIMEOUT + STEP_TIMEOUT));
+        match read_step(&mut self.channel) {
+            Ok(Step::Go) => {}
+            _ => return Err("the old process did not hand over".into()),
+        }
+        self.channel
+            .write_all(b"A")
+            .map_err(|e| format!("cannot confirm to the old process: {e}"))
+    }
+}
+
+/// One step of the conversation.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Ready,
+    Go,
+    Serving,
+    Refused(String),
+    Ended,
+}
+
+fn read_step(channel: &mut UnixStream) -> io::Result<Step> {
+    let mut byte = [0u8; 1];
+    loop {
+        match channel.read(&mut byte) {
+            Ok(0) => return Ok(Step::Ended),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(match byte[0] {
+        b'R' => Step::Ready,
+        b'G' => Step::Go,
+        b'A' => Step::Serving,
+        b'E' => {
+            // The reason, up to a newline, bounded.
+            let mut why = Vec::new();
+            let _ = channel.set_read_timeout(Some(STEP_TIMEOUT));
+            while why.len() < 256 && channel.read(&mut byte).is_ok_and(|n| n == 1) {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                why.push(byte[0]);
+            }
+            Step::Refused(String::from_utf8_lossy(&why).into_owned())
+        }
+        _ => Step::Ended,
+    })
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads a whole snapshot from its memfd, bounded by [`MAX_SNAPSHOT`].
+fn read_snapshot(mut file: File) -> Result<Snapshot, String> {
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(MAX_SNAPSHOT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the handover snapshot: {e}"))?;
+    if bytes.len() > MAX_SNAPSHOT {
+        return Err(format!(
+            "the handover snapshot is over {MAX_SNAPSHOT} bytes"
+        ));
+    }
+    handover::decode(&bytes).map_err(|e| e.to_string())
+}
+
+/// Takes ownership of an inherited descriptor after checking its file type,
+/// and marks it close-on-exec again.
+pub fn adopt_fd(fd: RawFd, file_type: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: fstat writes into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != file_type {
+        return Err(io::Error::other("not the kind of file expected"));
+    }
+    // SAFETY: fcntl on a descriptor that exists (fstat succeeded).
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// An anonymous in-memory file holding `bytes`, positioned at its start.
+fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a static NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(c"mailboxd-handover".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just created and owned by nobody else.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    // SAFETY: lseek on our own descriptor.
+    if unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_read_back() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.write_all(b"RGAEno room here\n").unwrap();
+        drop(a);
+        assert_eq!(read_step(&mut b).unwrap(), Step::Ready);
+        assert_eq!(read_step(&mut b).unwrap(), Step::Go);
+        assert_eq!(read_step(&mut b).unwrap(), Step::Serving);
+        assert_eq!(
+            read_step(&mut b).unwrap(),
+            Step::Refused("no room here".into())
+        );
+        assert_eq!(read_step(&mut b).unwrap(), Step::Ended);
+    }
+
+    #[test]
+    fn a_snapshot_goes_through_a_memfd() {
+        let snapshot = Snapshot {
+            taken_ms: 42,
+            store: handover::StoreState::Redis {
+                instance: "00112233aabbccdd".into(),
+            },
+            listeners: Vec::new(),
+            conns: Vec::new(),
+        };
+        let fd = memfd(&handover::encode(&snapshot)).unwrap();
+        assert_eq!(read_snapshot(File::from(fd)).unwrap(), snapshot);
+    }
+}
