@@ -122,8 +122,6 @@ pub struct Server {
     kick: bool,
     /// Requests a predecessor handed over, waiting to open their mailboxes.
     pub(crate) restores: Vec<Restore>,
-    /// Restores were submitted this turn: the store hears of it after commit.
-    restored: bool,
     /// Unix socket files a predecessor handed over: ours to remove at exit
     /// once the handover is confirmed (until then they are its).
     handed_paths: Vec<(usize, PathBuf)>,
@@ -278,7 +276,6 @@ impl Server {
             upgrade: None,
             kick: false,
             restores: Vec::new(),
-            restored: false,
             handed_paths,
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
@@ -302,6 +299,9 @@ impl Server {
             }
         }
         self.write_pid_file();
+        // Handed-over requests subscribe before anything is read, so the
+        // first command's `<live>` counts them.
+        self.reopen_handed(Instant::now());
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
@@ -331,7 +331,7 @@ impl Server {
             if std::mem::take(&mut self.kick) {
                 self.read_everything(now);
             }
-            self.restored |= self.submit_restores(now);
+            self.reopen_handed(now);
             let turn = now;
             self.fire_timers(now);
             self.settle(now);
@@ -339,10 +339,6 @@ impl Server {
             // ready after it, and settling them may store more.
             while self.store.commit() {
                 self.settle(now);
-            }
-            if std::mem::take(&mut self.restored) {
-                let wall = self.wall(now);
-                self.store.restored(wall);
             }
             self.flush(now);
             let closed = self.reap(now);
@@ -353,6 +349,21 @@ impl Server {
             let spent = turn.elapsed().as_nanos().min(u64::MAX as u128) as u64;
             self.conns.counters.turns.observe(spent);
         }
+    }
+
+    /// Opens again the mailboxes of requests a predecessor handed over, once
+    /// the store can take commands, and settles what completes at once;
+    /// then the store hears that every request handed over is back.
+    fn reopen_handed(&mut self, now: Instant) {
+        if !self.submit_restores(now) {
+            return;
+        }
+        self.settle(now);
+        while self.store.commit() {
+            self.settle(now);
+        }
+        let wall = self.wall(now);
+        self.store.restored(wall);
     }
 
     /// Takes the store's finished results and answers the long-polls they
@@ -854,6 +865,7 @@ impl Server {
             fds.push(*lock_fd);
         }
         let count = conns.len();
+        let pending: usize = conns.iter().map(|c| c.out.len()).sum();
         let snapshot = crate::wire::handover::encode(&Snapshot {
             taken_ms: crate::wire::journal::to_ms(self.wall(now)),
             store,
@@ -869,8 +881,9 @@ impl Server {
         match successor.hand_over() {
             Ok(()) => {
                 log::info!(
-                    "upgrade: pid {pid} took over {count} connections ({} bytes of snapshot) \
-                     {} ms after they were frozen; exiting",
+                    "upgrade: pid {pid} took over {count} connections ({pending} bytes of \
+                     output not yet written, {} bytes of snapshot) {} ms after they were \
+                     frozen; exiting",
                     snapshot.len(),
                     started.elapsed().as_millis()
                 );

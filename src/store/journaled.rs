@@ -199,7 +199,9 @@ fn inherit_lock(dir: &Path, mut file: File) -> Result<File, String> {
             dir.display()
         ));
     }
+    // The open file is shared with the predecessor: its offset too.
     file.set_len(0)
+        .and_then(|()| io::Seek::rewind(&mut file))
         .and_then(|()| writeln!(file, "{}", std::process::id()))
         .map_err(|e| format!("cannot write to state dir {}: {e}", dir.display()))?;
     Ok(file)
