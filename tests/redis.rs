@@ -683,3 +683,82 @@ fn a_store_that_never_answers_is_given_up_after_the_command_timeout() {
     });
     assert_eq!(m.ctl().cmd("PING"), "PONG");
 }
+
+#[test]
+fn an_upgraded_instance_keeps_its_name_and_its_streams() {
+    let redis = Redis::start();
+    let dir = TempDir::new("redis-upgrade");
+    let pid_file = dir.path().join("a.pid");
+    let url = redis.url();
+    let mut a = Mailboxd::start_raw(&[
+        "--store",
+        &url,
+        "--http",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    wait_connected(&a);
+    let b = instances(&redis, 1, &[]).pop().unwrap();
+    let name = |log: &str| -> String {
+        let at = log.find("connected as instance ").unwrap() + 22;
+        log[at..at + 16].to_string()
+    };
+    let before = name(&a.log());
+    let mut sse = subscribe(&a, "/alice", &[]);
+
+    // Another instance stores a message every 2 ms while A upgrades.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        let mut ctl = b.ctl();
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (id, _) = ctl.send("alice", &format!("n{}", sent.len()));
+                sent.push(id);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let old = a.child.id();
+    signal(old, "USR2");
+    let status = wait_for(Duration::from_secs(20), || a.child.try_wait().unwrap());
+    assert!(status.success(), "{}", a.log());
+    let _new = Orphan(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|&p| p != old)
+    }));
+    wait_for(Duration::from_secs(10), || {
+        (a.log().matches("connected as instance").count() == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+
+    let after = a.log();
+    let second = &after[after.find("took over from the previous process").unwrap()..];
+    assert_eq!(name(second), before, "the new process is the same instance");
+    let got: Vec<(u64, String)> = (0..sent.len())
+        .map(|_| {
+            let e = sse.next_event();
+            (e.id.unwrap(), e.data)
+        })
+        .collect();
+    let want: Vec<(u64, String)> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, format!("n{i}")))
+        .collect();
+    assert_eq!(
+        got, want,
+        "every message once, in order, on the same stream"
+    );
+    let (_, live) = b.ctl().send("alice", "after");
+    assert_eq!(live, 1, "counted once, under the instance's one name");
+    assert_eq!(sse.next_event().data, "after");
+}

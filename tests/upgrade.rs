@@ -13,41 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A process the test did not start directly (the new mailboxd, a child of
-/// the old one): stopped with SIGTERM at the end, by pid.
-struct Pid(u32);
-
-impl Pid {
-    fn alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|r| !r.trim_start().starts_with('Z'))
-        })
-    }
-}
-
-impl Drop for Pid {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = std::process::Command::new("kill")
-                .arg(self.0.to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
 fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Sends SIGUSR2 and waits for the old process to exit and the new one to
 /// write its pid; returns the new pid.
-fn upgrade(srv: &mut Mailboxd, pid_file: &Path) -> Pid {
+fn upgrade(srv: &mut Mailboxd, pid_file: &Path) -> Orphan {
     let old = srv.child.id();
     signal(old, "USR2");
     let status = wait_for(Duration::from_secs(20), || srv.child.try_wait().unwrap());
@@ -59,7 +31,7 @@ fn upgrade(srv: &mut Mailboxd, pid_file: &Path) -> Pid {
     let new = wait_for(Duration::from_secs(5), || {
         read_pid(pid_file).filter(|&p| p != old)
     });
-    Pid(new)
+    Orphan(new)
 }
 
 /// The figures the old process logged as it handed over.

@@ -237,6 +237,33 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A process the test did not start itself (the new mailboxd after an
+/// upgrade, a child of the old one), stopped with SIGTERM by pid at the end.
+pub struct Orphan(pub u32);
+
+impl Orphan {
+    /// Whether it still runs (a zombie nobody reaps does not).
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = Command::new("kill").arg(self.0.to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A control-socket client.
 pub struct Ctl {
     pub stream: UnixStream,
