@@ -22,26 +22,13 @@ fn start(
     control_path: &std::path::Path,
     state: &std::path::Path,
 ) -> Mailboxd {
-    let mut cmd = Command::new("sh");
-    // LISTEN_PID names the process that is to use the sockets: the shell
-    // execs mailboxd, which keeps its pid.
-    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-        .arg(bin("mailboxd"))
-        .args(["--heartbeat", "1", "--state-dir"])
-        .arg(state)
-        .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "http:control");
-    // SAFETY: between fork and exec only dup2, which is async-signal-safe;
-    // the copies at 3 and 4 lose close-on-exec, the originals keep it.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(http, 3) < 0 || libc::dup2(control, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Mailboxd::spawn(cmd, TempDir::new("act"), control_path.to_path_buf(), 2)
+    let state = state.to_str().unwrap();
+    start_activated(
+        &[(http, "http"), (control, "control")],
+        &["--heartbeat", "1", "--state-dir", state],
+        control_path,
+        2,
+    )
 }
 
 #[test]

@@ -472,3 +472,182 @@ fn the_chat_demo_in_a_real_browser() {
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("chat-demo.png"), png).unwrap();
 }
+
+/// A page with a plain `EventSource` (no client library): what it gets
+/// goes to `window.got` as `[lastEventId, data]`, and every `readyState`
+/// seen on an error to `window.errors` (0: reconnecting, 2: given up).
+const PLAIN: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>plain EventSource</title>
+<script>
+window.got = []; window.errors = [];
+const es = new EventSource("/comet/" + new URLSearchParams(location.search).get("mb"));
+es.onmessage = (e) => window.got.push([e.lastEventId, e.data]);
+es.onerror = () => window.errors.push(es.readyState);
+window.box = es;
+</script>
+"#;
+
+/// What a plain page received, as `(id, data)`.
+fn plain_got(driver: &Driver, tab: &str) -> Vec<(u64, String)> {
+    let v = driver.eval(tab, "return window.got");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m[0].as_str().unwrap().parse().unwrap(),
+                m[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_plain(driver: &Driver, tab: &str, n: usize) -> Vec<(u64, String)> {
+    wait_for(Duration::from_secs(20), || {
+        let got = plain_got(driver, tab);
+        (got.len() >= n).then_some(got)
+    })
+}
+
+/// A directory serving the plain page, readable by nginx's workers.
+fn plain_site() -> TempDir {
+    let www = TempDir::new("www");
+    std::fs::write(www.path().join("plain.html"), PLAIN).unwrap();
+    www
+}
+
+fn world_accessible(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+/// mailboxd socket-activated behind nginx FastCGI: the test holds the
+/// FastCGI and control sockets as systemd would. SIGTERM, 5 s down, start
+/// again: the page's EventSource never gives up, and gets every message
+/// sent before, during (a backend's SENDs wait in the control socket's
+/// queue) and after, in order, exactly once.
+#[test]
+fn a_plain_eventsource_sees_nothing_of_a_socket_activated_restart() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let held = TempDir::new("held");
+    world_accessible(held.path(), 0o755);
+    let fcgi_path = held.path().join("fastcgi.sock");
+    let fcgi = UnixListener::bind(&fcgi_path).unwrap();
+    world_accessible(&fcgi_path, 0o666);
+    let control_path = held.path().join("control.sock");
+    let control = UnixListener::bind(&control_path).unwrap();
+    let state = held.path().join("state");
+    let args = ["--state-dir", state.to_str().unwrap(), "--heartbeat", "2"];
+    let sockets = [
+        (fcgi.as_raw_fd(), "fastcgi"),
+        (control.as_raw_fd(), "control"),
+    ];
+    let mut first = start_activated(&sockets, &args, &control_path, 2);
+    let www = plain_site();
+    let web = WebServer::nginx_with_root(
+        "fastcgi",
+        &format!("unix:{}", fcgi_path.display()),
+        www.path(),
+    );
+    let driver = Driver::start();
+    let tab = driver.tab(&format!("http://127.0.0.1:{}/plain.html?mb=room", web.port));
+    first.wait_info("room", |r| r.contains("subscribers=1"));
+
+    let mut want = Vec::new();
+    let mut ctl = first.ctl();
+    for i in 0..3 {
+        want.push((
+            ctl.send("room", &format!("before {i}")).0,
+            format!("before {i}"),
+        ));
+    }
+    assert_eq!(wait_plain(&driver, &tab, 3), want);
+
+    assert_eq!(first.terminate(), Some(0));
+    // Down for 5 s: a backend connects and sends; it waits in the queue.
+    let mut backend = UnixStream::connect(&control_path).unwrap();
+    for i in 0..3 {
+        let data = format!("during {i}");
+        write!(backend, "SEND room {}\n{data}\n", data.len()).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let second = start_activated(&sockets, &args, &control_path, 2);
+    backend
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut replies = BufReader::new(backend);
+    for i in 0..3 {
+        let mut line = String::new();
+        replies.read_line(&mut line).unwrap();
+        let (id, _) = parse_ok2(line.trim_end());
+        want.push((id, format!("during {i}")));
+    }
+    second.wait_info("room", |r| r.contains("subscribers=1"));
+    let mut ctl = second.ctl();
+    for i in 0..3 {
+        want.push((
+            ctl.send("room", &format!("after {i}")).0,
+            format!("after {i}"),
+        ));
+    }
+    let got = wait_plain(&driver, &tab, want.len());
+    assert_eq!(got, want, "every message once, in order");
+    let errors = driver.eval(&tab, "return window.errors");
+    assert!(
+        errors.as_array().unwrap().iter().all(|s| s == 0),
+        "the EventSource only ever reconnected: {errors}"
+    );
+    drop(www);
+}
+
+/// The same without socket activation: mailboxd's own socket disappears
+/// for 5 s, and the shipped nginx config answers the EventSource's retries
+/// with a retry hint instead of a 502 that would end it for good.
+#[test]
+fn a_plain_eventsource_survives_an_outage_behind_the_shipped_nginx_config() {
+    let dir = TempDir::new("outage");
+    world_accessible(dir.path(), 0o755);
+    let fcgi = format!("unix:{}", dir.path().join("fastcgi.sock").display());
+    let state = dir.path().join("state");
+    let args = [
+        "--fastcgi",
+        fcgi.as_str(),
+        "--socket-mode",
+        "0666",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--heartbeat",
+        "2",
+    ];
+    let mut first = Mailboxd::start_raw(&args);
+    let www = plain_site();
+    let web = WebServer::nginx_with_root("fastcgi", &fcgi, www.path());
+    let driver = Driver::start();
+    let tab = driver.tab(&format!("http://127.0.0.1:{}/plain.html?mb=room", web.port));
+    first.wait_info("room", |r| r.contains("subscribers=1"));
+    let (before, _) = first.ctl().send("room", "before");
+    assert_eq!(
+        wait_plain(&driver, &tab, 1),
+        vec![(before, "before".to_string())]
+    );
+
+    assert_eq!(first.terminate(), Some(0));
+    std::thread::sleep(Duration::from_secs(5));
+    let second = Mailboxd::start_raw(&args);
+    second.wait_info("room", |r| r.contains("subscribers=1"));
+    let (after, _) = second.ctl().send("room", "after");
+    let got = wait_plain(&driver, &tab, 2);
+    assert_eq!(
+        got,
+        vec![(before, "before".to_string()), (after, "after".to_string())]
+    );
+    let errors = driver.eval(&tab, "return window.errors");
+    let errors = errors.as_array().unwrap();
+    assert!(
+        errors.len() >= 2,
+        "it retried during the outage: {errors:?}"
+    );
+    assert!(errors.iter().all(|s| s == 0), "never gave up: {errors:?}");
+    drop(www);
+}

@@ -237,6 +237,53 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// mailboxd started on sockets the test holds, as systemd's socket
+/// activation would: each `(fd, name)` is passed at 3, 4, ... with
+/// `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`; `listeners` is how many
+/// listening lines to wait for.
+pub fn start_activated(
+    sockets: &[(std::os::fd::RawFd, &str)],
+    args: &[&str],
+    control: &Path,
+    listeners: usize,
+) -> Mailboxd {
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.0).collect();
+    let names: Vec<&str> = sockets.iter().map(|s| s.1).collect();
+    let mut cmd = Command::new("sh");
+    // LISTEN_PID names the process that is to use the sockets: the shell
+    // execs mailboxd, which keeps its pid.
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(bin("mailboxd"))
+        .args(args)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    // SAFETY: between fork and exec only fcntl and dup2, which are
+    // async-signal-safe. Each socket is first copied above every target
+    // number, so that placing one never overwrites another; the copies at
+    // 3, 4, ... lose close-on-exec, the originals keep it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let above = 3 + fds.len() as i32 + 16;
+            let mut high = Vec::with_capacity(fds.len());
+            for &fd in &fds {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(copy);
+            }
+            for (i, &copy) in high.iter().enumerate() {
+                if libc::dup2(copy, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Mailboxd::spawn(cmd, TempDir::new("act"), control.to_path_buf(), listeners)
+}
+
 /// A process the test did not start itself (the new mailboxd after an
 /// upgrade, a child of the old one), stopped with SIGTERM by pid at the end.
 pub struct Orphan(pub u32);
