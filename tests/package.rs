@@ -90,6 +90,9 @@ fn the_package_installs_starts_and_delivers() {
         "/usr/share/man/man1/mailboxctl.1.gz",
         "/usr/share/bash-completion/completions/mailboxctl",
         "/usr/share/doc/mailboxd/protocol.md",
+        "/usr/share/doc/mailboxd/examples/lighttpd/fastcgi.conf",
+        "/usr/share/mailboxd/lighttpd/mailboxd-down.sh",
+        "/usr/share/mailboxd/apache/mailboxd-down.asis",
     ] {
         assert!(Path::new(f).exists(), "{f} not installed");
     }

@@ -680,6 +680,15 @@ pub fn contrib_config(path: &str, replacements: &[(&str, String)]) -> String {
     text
 }
 
+/// The absolute path of `contrib/<path>` in the source tree.
+pub fn contrib_path(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(path)
+        .display()
+        .to_string()
+}
+
 fn require(tool: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(tool);
@@ -795,6 +804,10 @@ impl WebServer {
                 format!("{d}/error.log"),
             ),
             ("/var/www/html", format!("{d}/www")),
+            (
+                "/usr/share/mailboxd/lighttpd/mailboxd-down.sh",
+                contrib_path("lighttpd/mailboxd-down.sh"),
+            ),
         ];
         let upstream_literal = match file {
             "fastcgi" => "\"port\" => 8421",
@@ -855,6 +868,10 @@ impl WebServer {
                 (
                     "/var/log/apache2/mailboxd-error.log",
                     format!("{d}/error.log"),
+                ),
+                (
+                    "/usr/share/mailboxd/apache/mailboxd-down.asis",
+                    contrib_path("apache/mailboxd-down.asis"),
                 ),
             ],
         );
