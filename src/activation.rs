@@ -6,14 +6,30 @@
 //! listeners of that kind given by flags. Because the sockets outlive the
 //! process, connections made while mailboxd restarts wait in the kernel's
 //! accept queue and the next process serves them.
+//!
+//! A restart through systemd's file descriptor store passes more: the
+//! connections the previous process stored (named `conn`) and its snapshot
+//! (`handover`, a memfd); see [`crate::upgrade`].
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// The first descriptor passed (after stdin, stdout, stderr).
 const FIRST_FD: RawFd = 3;
 
-/// Most descriptors accepted: far more listeners than anyone configures.
-const MAX_FDS: usize = 64;
+/// Most descriptors accepted: listeners, plus every connection a file
+/// descriptor store may have kept (systemd caps a store at 65,536 too).
+const MAX_FDS: usize = 65_536 + 64;
+
+/// Everything passed.
+#[derive(Debug, Default)]
+pub struct Passed {
+    /// Listening sockets, by kind.
+    pub listeners: Vec<Inherited>,
+    /// Connections a previous process stored (`conn`).
+    pub conns: Vec<OwnedFd>,
+    /// The previous process's snapshot (`handover`).
+    pub handover: Option<OwnedFd>,
+}
 
 /// One inherited listening socket.
 #[derive(Debug)]
@@ -26,11 +42,13 @@ pub struct Inherited {
     pub unix: bool,
 }
 
-/// Takes the sockets passed to this process, if any, and removes the
-/// variables so that no child inherits them. Names must be listener kinds.
-pub fn take() -> Result<Vec<Inherited>, String> {
+/// Takes the descriptors passed to this process, if any, and removes the
+/// variables so that no child inherits them. Names must be listener kinds,
+/// `conn` or `handover`.
+pub fn take() -> Result<Passed, String> {
+    let mut passed = Passed::default();
     let Ok(pid) = std::env::var("LISTEN_PID") else {
-        return Ok(Vec::new());
+        return Ok(passed);
     };
     let count = std::env::var("LISTEN_FDS").unwrap_or_default();
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
@@ -41,7 +59,7 @@ pub fn take() -> Result<Vec<Inherited>, String> {
         std::env::remove_var("LISTEN_FDNAMES");
     }
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
-        return Ok(Vec::new()); // meant for another process
+        return Ok(passed); // meant for another process
     }
     let count: usize = count
         .parse()
@@ -61,25 +79,41 @@ pub fn take() -> Result<Vec<Inherited>, String> {
             names.len()
         ));
     }
-    let mut out = Vec::with_capacity(count);
     for (i, name) in names.iter().enumerate() {
-        if !["http", "fastcgi", "scgi", "control", "metrics"].contains(name) {
-            return Err(format!(
-                "LISTEN_FDNAMES: '{name}' is not a listener kind (http, fastcgi, scgi, control, metrics)"
-            ));
-        }
         let fd = FIRST_FD + i as RawFd;
+        match *name {
+            "conn" => {
+                passed.conns.push(
+                    crate::upgrade::adopt_fd(fd, libc::S_IFSOCK)
+                        .map_err(|e| format!("stored connection {fd}: {e}"))?,
+                );
+                continue;
+            }
+            "handover" if passed.handover.is_none() => {
+                passed.handover = Some(
+                    crate::upgrade::adopt_fd(fd, libc::S_IFREG)
+                        .map_err(|e| format!("stored snapshot {fd}: {e}"))?,
+                );
+                continue;
+            }
+            "http" | "fastcgi" | "scgi" | "control" | "metrics" => {}
+            _ => {
+                return Err(format!(
+                    "LISTEN_FDNAMES: '{name}' is not a listener kind (http, fastcgi, scgi, control, metrics)"
+                ));
+            }
+        }
         let unix = check(fd).map_err(|e| format!("inherited socket {fd} ({name}): {e}"))?;
         // SAFETY: systemd's protocol hands this descriptor to this process;
         // it is a listening stream socket (checked) and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        out.push(Inherited {
+        passed.listeners.push(Inherited {
             name: name.to_string(),
             fd,
             unix,
         });
     }
-    Ok(out)
+    Ok(passed)
 }
 
 /// Checks that `fd` is a listening stream socket, marks it close-on-exec and

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod name;
+pub mod notify;
 pub mod outbuf;
 pub mod peer;
 pub mod request;

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use mailboxd::config::{self, Command, Config};
 use mailboxd::server::Server;
 use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore, RedisStore};
-use mailboxd::upgrade::Inheritance;
-use mailboxd::wire::handover::{Snapshot, StoreState};
+use mailboxd::upgrade::{Inheritance, Succession, empty_snapshot};
+use mailboxd::wire::handover::StoreState;
 
 fn main() -> ExitCode {
     // A file-size limit (or a full disk) must fail a journal write with an
@@ -36,46 +36,60 @@ fn main() -> ExitCode {
     // A successor in a binary upgrade: its predecessor waits for it, and
     // every failure from here is told to it (it keeps serving) and ends
     // this process without touching anything inherited.
-    let mut inheritance = match Inheritance::take() {
+    let mut passed = match mailboxd::activation::take() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mailboxd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let unstore = !passed.conns.is_empty() || passed.handover.is_some();
+    let mut inheritance = match Inheritance::take(&mut passed) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("mailboxd: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let mut handed = inheritance.as_mut().map(|i| {
-        std::mem::replace(
-            &mut i.snapshot,
-            Snapshot {
-                taken_ms: 0,
-                store: StoreState::Memory(Vec::new()),
-                listeners: Vec::new(),
-                conns: Vec::new(),
-            },
-        )
-    });
     let fail = |inheritance: Option<Inheritance>, e: String| -> ExitCode {
         eprintln!("mailboxd: {e}");
         if let Some(mut i) = inheritance {
             i.refuse(&e);
-            // No destructor runs: what was inherited stays the predecessor's.
+            // No destructor runs: what was inherited stays the predecessor's
+            // (or systemd's, which starts us again with it).
             std::process::exit(1);
         }
         ExitCode::FAILURE
     };
-    let state = handed
-        .as_mut()
-        .map(|s| std::mem::replace(&mut s.store, StoreState::Memory(Vec::new())));
+    let mut succession = Succession {
+        listeners: passed.listeners,
+        unstore,
+        ..Succession::default()
+    };
+    let mut state = None;
+    let mut taken_ms = None;
+    if let Some(i) = &mut inheritance {
+        let snapshot = std::mem::replace(&mut i.snapshot, empty_snapshot());
+        taken_ms = Some(snapshot.taken_ms);
+        state = Some(snapshot.store);
+        succession.handed_listeners = snapshot.listeners;
+        succession.conns = snapshot.conns;
+        succession.stored = i.stored.take();
+    }
     let store = match open_store(&config, state) {
         Ok(store) => store,
         Err(e) => return fail(inheritance, e),
     };
-    let taken_ms = handed.as_ref().map(|s| s.taken_ms);
-    let mut server = match Server::new(*config, store, handed) {
+    let mut server = match Server::new(*config, store, succession) {
         Ok(server) => server,
         Err(e) => return fail(inheritance, e),
     };
     if let Some(i) = inheritance {
+        let how = if i.direct() {
+            "the previous process"
+        } else {
+            "the file descriptor store"
+        };
         if let Err(e) = i.confirm() {
             eprintln!("mailboxd: upgrade: {e}; exiting");
             std::process::exit(1);
@@ -83,7 +97,7 @@ fn main() -> ExitCode {
         let frozen = taken_ms.map(mailboxd::wire::journal::from_ms);
         let pause = frozen.and_then(|t| SystemTime::now().duration_since(t).ok());
         log::info!(
-            "upgrade: took over from the previous process; serving {} ms after it froze",
+            "upgrade: took over from {how}; serving {} ms after the previous process froze",
             pause.unwrap_or_default().as_millis()
         );
     }
@@ -128,6 +142,8 @@ fn open_store(
         (None, Some(dir), handed) => {
             let lock = match handed {
                 None => None,
+                // Through systemd the predecessor is gone, and its lock with it.
+                Some(StoreState::Journal { lock_fd }) if lock_fd < 0 => None,
                 Some(StoreState::Journal { lock_fd }) => Some(
                     mailboxd::upgrade::adopt_fd(lock_fd, libc::S_IFREG)
                         .map(std::fs::File::from)

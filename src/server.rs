@@ -40,12 +40,14 @@ use crate::conn::{
     Session, Socket, sub_id,
 };
 use crate::limits;
+use crate::notify::Notifier;
 use crate::outbuf::OutQueue;
 use crate::peer;
 use crate::session::{MAX_METRICS_CONNS, Restore};
 use crate::store::{Handover, MailboxStore};
 use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
+use crate::upgrade::Succession;
 use crate::wire::handover::{ListenerRecord, Snapshot, StoreState};
 
 /// Token of the signal pipe.
@@ -74,6 +76,9 @@ enum ListenSocket {
 struct Listener {
     kind: Kind,
     socket: ListenSocket,
+    /// The service manager holds it too (socket activation, or a file
+    /// descriptor store): a restart need not store it.
+    held: bool,
 }
 
 impl Drop for Listener {
@@ -85,6 +90,15 @@ impl Drop for Listener {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Where a handover goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A new process started from our binary (`SIGUSR2`).
+    Successor,
+    /// systemd's file descriptor store, for the next process it starts.
+    ServiceManager,
 }
 
 /// The whole server: listeners, connections, store, timers.
@@ -114,9 +128,10 @@ pub struct Server {
     /// Set when accepting failed for lack of descriptors: every listener is
     /// tried again at this instant, or as soon as a connection closes.
     accept_retry: Option<Instant>,
-    /// A binary upgrade is under way (`SIGUSR2`): nothing new is read or
-    /// accepted until it completes or is abandoned at this deadline.
-    upgrade: Option<Instant>,
+    /// A handover is under way: a binary upgrade (`SIGUSR2`), or a restart
+    /// through systemd's file descriptor store (`SIGTERM`). Nothing new is
+    /// read or accepted until it completes or is abandoned at the deadline.
+    upgrade: Option<(Instant, Target)>,
     /// After an abandoned upgrade: readiness that arrived meanwhile was not
     /// acted on, so every listener and connection is read on the next turn.
     kick: bool,
@@ -125,6 +140,10 @@ pub struct Server {
     /// Unix socket files a predecessor handed over: ours to remove at exit
     /// once the handover is confirmed (until then they are its).
     handed_paths: Vec<(usize, PathBuf)>,
+    /// The service manager (systemd), when one started us.
+    notifier: Option<Notifier>,
+    /// systemd passed descriptors from its store: they leave it once we serve.
+    unstore: bool,
     /// The binary and arguments this process was started with: what an
     /// upgrade starts again.
     exe: Option<PathBuf>,
@@ -144,7 +163,7 @@ impl Server {
     pub fn new(
         mut config: Config,
         store: Box<dyn MailboxStore>,
-        handed: Option<Snapshot>,
+        succession: Succession,
     ) -> Result<Server, String> {
         match limits::raise_nofile() {
             Ok(fds) if limits::clients_allowed(fds) < config.max_connections as u64 => {
@@ -171,13 +190,17 @@ impl Server {
                 None
             }
         };
-        let mut inherited = crate::activation::take()?;
-        let (handed_listeners, handed_conns) = match handed {
-            Some(s) => (s.listeners, s.conns),
-            None => (Vec::new(), Vec::new()),
-        };
+        let Succession {
+            listeners: mut inherited,
+            handed_listeners,
+            conns: handed_conns,
+            stored,
+            unstore,
+        } = succession;
+        let mut held: Vec<bool> = vec![true; inherited.len()];
         let mut handed_paths = Vec::new();
         for l in handed_listeners {
+            held.push(l.held);
             let path =
                 <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(l.path.clone());
             handed_paths.push((inherited.len(), PathBuf::from(path)));
@@ -225,8 +248,9 @@ impl Server {
             Kind::Scgi,
             Kind::Metrics,
         ];
+        let direct = !handed_paths.is_empty();
         let mut sockets = Vec::new();
-        for inh in inherited {
+        for (inh, held) in inherited.into_iter().zip(held) {
             let kind = kinds
                 .into_iter()
                 .find(|k| k.name() == inh.name)
@@ -236,26 +260,26 @@ impl Server {
             } else {
                 ListenSocket::Tcp(TcpListener::from_std(inh.fd.into()))
             };
-            sockets.push((kind, socket, true));
+            sockets.push((kind, socket, true, held));
         }
         for (kind, addr, mode) in wanted.filter(|(kind, _, _)| !passed(*kind)) {
             let reuse_port = config.reuse_port && !matches!(kind, Kind::Control | Kind::Metrics);
             let socket = bind(addr, mode, reuse_port)
                 .map_err(|e| format!("cannot listen on {addr} ({}): {e}", kind.name()))?;
-            sockets.push((kind, socket, false));
+            sockets.push((kind, socket, false, false));
         }
-        for (i, (kind, mut socket, inherited)) in sockets.into_iter().enumerate() {
+        for (i, (kind, mut socket, inherited, held)) in sockets.into_iter().enumerate() {
             let token = Token(LISTENER_BASE + i);
             let registered = match &mut socket {
                 ListenSocket::Tcp(l) => poll.registry().register(l, token, Interest::READABLE),
                 ListenSocket::Unix(l, _) => poll.registry().register(l, token, Interest::READABLE),
             };
             registered.map_err(|e| format!("cannot watch {}: {e}", local_name(&socket)))?;
-            if inherited && handed_paths.is_empty() {
+            if inherited && !direct {
                 log::info!("{} socket inherited (socket activation)", kind.name());
             }
             log::info!("listening {}={}", kind.name(), local_name(&socket));
-            listeners.push(Listener { kind, socket });
+            listeners.push(Listener { kind, socket, held });
         }
         let mut server = Server {
             poll,
@@ -278,9 +302,12 @@ impl Server {
             restores: Vec::new(),
             handed_paths,
             exe: std::env::current_exe().ok(),
+            notifier: crate::notify::Notifier::from_env(),
+            unstore: false,
             args: std::env::args_os().skip(1).collect(),
         };
-        server.thaw_conns(handed_conns)?;
+        server.unstore = unstore;
+        server.thaw_conns(handed_conns, stored)?;
         Ok(server)
     }
 
@@ -299,6 +326,20 @@ impl Server {
             }
         }
         self.write_pid_file();
+        if let Some(n) = &self.notifier {
+            if self.unstore {
+                // Our copies are the only ones now: a connection we close
+                // must close for good.
+                for name in ["conn", "handover"] {
+                    if let Err(e) = n.unstore(name) {
+                        log::warn!("cannot remove the stored {name} descriptors: {e}");
+                    }
+                }
+            }
+            if let Err(e) = n.send("READY=1\n", &[]) {
+                log::warn!("cannot notify the service manager: {e}");
+            }
+        }
         // Handed-over requests subscribe before anything is read, so the
         // first command's `<live>` counts them.
         self.reopen_handed(Instant::now());
@@ -404,7 +445,11 @@ impl Server {
                             if self.upgrade.take().is_some() {
                                 log::info!("upgrade cancelled: stopping instead");
                             }
-                            self.begin_shutdown(now);
+                            if signal == SIGTERM && self.fdstore_fits() {
+                                self.begin_handover(now, Target::ServiceManager);
+                            } else {
+                                self.begin_shutdown(now);
+                            }
                         }
                     }
                 }
@@ -815,19 +860,57 @@ impl Server {
                 self.exe.as_deref().unwrap_or(Path::new("?")).display(),
                 self.conns.slab.len()
             );
-            self.upgrade = Some(now + UPGRADE_PREPARE);
+            self.begin_handover(now, Target::Successor);
         }
+    }
+
+    /// Whether SIGTERM should store everything with systemd: it keeps a file
+    /// descriptor store (`$FDSTORE`) large enough for every connection,
+    /// listener and the snapshot.
+    fn fdstore_fits(&self) -> bool {
+        let Some(n) = &self.notifier else {
+            return false;
+        };
+        if n.fdstore == 0 {
+            return false;
+        }
+        let needed = self.conns.slab.len() + self.listeners.len() + 1;
+        if n.fdstore < needed {
+            log::warn!(
+                "SIGTERM: the file descriptor store holds {} descriptors and {needed} are \
+                 needed: stopping cleanly instead (raise FileDescriptorStoreMax)",
+                n.fdstore
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Freezes: nothing new is read or accepted from now on, and each turn
+    /// ends with an attempt to hand everything to `target`.
+    fn begin_handover(&mut self, now: Instant, target: Target) {
+        if target == Target::ServiceManager {
+            log::info!(
+                "SIGTERM: storing {} connections with the service manager for the next process",
+                self.conns.slab.len()
+            );
+        }
+        self.upgrade = Some((now + UPGRADE_PREPARE, target));
     }
 
     /// Hands every listener and connection to a new process once the store
     /// and every connection can be frozen; exits when the new process has
     /// taken over, and carries on serving when it has not.
     fn try_upgrade(&mut self, now: Instant) {
-        let Some(deadline) = self.upgrade else {
+        let Some((deadline, target)) = self.upgrade else {
             return;
         };
         let started = Instant::now();
         let store = match self.store.handover() {
+            // The lock goes with this process; the next one takes it anew.
+            Handover::Ready(StoreState::Journal { .. }) if target == Target::ServiceManager => {
+                StoreState::Journal { lock_fd: -1 }
+            }
             Handover::Ready(state) => state,
             Handover::Busy if now < deadline => return,
             Handover::Busy => {
@@ -857,6 +940,7 @@ impl Server {
                     name: l.kind.name().to_string(),
                     fd,
                     path,
+                    held: l.held,
                 }
             })
             .collect();
@@ -872,6 +956,9 @@ impl Server {
             listeners,
             conns,
         });
+        if target == Target::ServiceManager {
+            return self.store_with_service_manager(&snapshot, count, pending);
+        }
         let exe = self.exe.clone().unwrap_or_default();
         let successor = match crate::upgrade::spawn(&exe, &self.args, &snapshot, &fds) {
             Ok(s) => s,
@@ -887,6 +974,11 @@ impl Server {
                     snapshot.len(),
                     started.elapsed().as_millis()
                 );
+                if let Some(n) = &self.notifier
+                    && let Err(e) = n.send(&format!("MAINPID={pid}\n"), &[])
+                {
+                    log::warn!("cannot tell the service manager the new main pid: {e}");
+                }
                 // No destructor runs: the sockets, their files and the
                 // state directory are the new process's now.
                 std::process::exit(0);
@@ -895,11 +987,66 @@ impl Server {
         }
     }
 
+    /// Stores the snapshot, the listeners systemd does not hold yet and
+    /// every connection in systemd's file descriptor store, then exits; the
+    /// next process systemd starts gets them back. If storing fails, what
+    /// was stored is removed again and the server stops cleanly instead.
+    fn store_with_service_manager(&mut self, snapshot: &[u8], count: usize, pending: usize) {
+        let Some(n) = self.notifier.clone() else {
+            return self.abandon_upgrade("no service manager");
+        };
+        let conns: Vec<i32> = self
+            .conns
+            .slab
+            .iter()
+            .filter(|(_, c)| c.close != Close::Now)
+            .map(|(_, c)| match &c.socket {
+                Socket::Tcp(s) => s.as_raw_fd(),
+                Socket::Unix(s) => s.as_raw_fd(),
+            })
+            .collect();
+        let stored = crate::upgrade::snapshot_file(snapshot).and_then(|memfd| {
+            n.store("handover", &[memfd.as_raw_fd()])?;
+            for l in self.listeners.iter().filter(|l| !l.held) {
+                let fd = match &l.socket {
+                    ListenSocket::Tcp(t) => t.as_raw_fd(),
+                    ListenSocket::Unix(u, _) => u.as_raw_fd(),
+                };
+                n.store(l.kind.name(), &[fd])?;
+            }
+            n.store("conn", &conns)
+        });
+        match stored {
+            Ok(()) => {
+                log::info!(
+                    "stored {count} connections ({pending} bytes of output not yet written, \
+                     {} bytes of snapshot) with the service manager; exiting",
+                    snapshot.len()
+                );
+                // No destructor runs: nothing is shut down or removed.
+                std::process::exit(0);
+            }
+            Err(e) => {
+                let _ = n.unstore("conn");
+                let _ = n.unstore("handover");
+                self.abandon_upgrade(&e.to_string());
+            }
+        }
+    }
+
     /// Gives up an upgrade: everything stays with this process, which reads
     /// what arrived meanwhile on the next turn.
+    /// For a SIGTERM that was to store everything with systemd, the server
+    /// stops cleanly instead.
     fn abandon_upgrade(&mut self, why: &str) {
+        if let Some((_, Target::ServiceManager)) = self.upgrade.take() {
+            log::error!(
+                "cannot store the connections with the service manager ({why}): stopping cleanly instead"
+            );
+            self.begin_shutdown(Instant::now());
+            return;
+        }
         log::error!("upgrade abandoned: {why}; this process keeps serving");
-        self.upgrade = None;
         self.kick = true;
     }
 

@@ -23,7 +23,15 @@
 //! in the child alone), so even 19,000 connections are passed without one
 //! extra descriptor. The environment names the snapshot and the channel:
 //! [`ENV`]`=<snapshot fd>:<channel fd>`.
+//!
+//! Under systemd with a file descriptor store, SIGTERM does the same
+//! through the service manager: the frozen process stores its connections
+//! (`conn`), listeners it bound itself (by kind) and the snapshot
+//! (`handover`, a memfd) with `FDSTORE=1`, and exits; the next process gets
+//! them back by name, finds each connection by its socket's inode, and
+//! removes them from the store once it serves.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -34,7 +42,27 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::wire::handover::{self, MAX_SNAPSHOT, Snapshot};
+use crate::activation::{Inherited, Passed};
+use crate::wire::handover::{self, ConnRecord, ListenerRecord, MAX_SNAPSHOT, Snapshot};
+
+/// What a starting process takes over besides its store: the listeners
+/// passed to it, and the listeners and connections a predecessor handed
+/// over.
+#[derive(Debug, Default)]
+pub struct Succession {
+    /// Listening sockets passed by name (socket activation, or a store).
+    pub listeners: Vec<Inherited>,
+    /// A direct predecessor's listeners, at their descriptor numbers.
+    pub handed_listeners: Vec<ListenerRecord>,
+    /// A predecessor's connections.
+    pub conns: Vec<ConnRecord>,
+    /// Through systemd: the stored connection sockets, by inode.
+    pub stored: Option<HashMap<u64, OwnedFd>>,
+    /// systemd passed stored descriptors: once this process serves, they
+    /// are removed from its store, so that a connection this process
+    /// closes is closed for good.
+    pub unstore: bool,
+}
 
 /// The variable naming the inherited snapshot and channel.
 pub const ENV: &str = "MAILBOXD_HANDOVER";
@@ -155,20 +183,31 @@ impl Successor {
     }
 }
 
-/// The successor's side: what it inherited.
+/// The successor's side: what it inherited, from its predecessor directly
+/// (`SIGUSR2`) or through systemd's file descriptor store (a restart).
 #[derive(Debug)]
 pub struct Inheritance {
-    /// The predecessor's state.
+    /// The predecessor's state. Through systemd, its listener records are
+    /// dropped: the listeners come by name, as in socket activation.
     pub snapshot: Snapshot,
-    channel: UnixStream,
+    /// The channel to a waiting predecessor; `None` through systemd (the
+    /// predecessor is gone, and a failure here is retried by systemd with
+    /// the same stored descriptors).
+    channel: Option<UnixStream>,
+    /// Through systemd: the stored connections, by socket inode (systemd
+    /// renumbers descriptors and may reorder them).
+    pub stored: Option<HashMap<u64, OwnedFd>>,
 }
 
 impl Inheritance {
-    /// The snapshot and channel named by [`ENV`], if this process is a
-    /// successor; the variable is removed so no child of ours sees it.
-    pub fn take() -> Result<Option<Inheritance>, String> {
+    /// What this process inherited, if it is a successor: the snapshot and
+    /// channel named by [`ENV`] (the variable is removed so no child of ours
+    /// sees it), or the snapshot and connections `passed` by systemd. A
+    /// stored snapshot that cannot be read is logged and its connections
+    /// closed: this process then starts afresh rather than not at all.
+    pub fn take(passed: &mut Passed) -> Result<Option<Inheritance>, String> {
         let Some(value) = std::env::var_os(ENV) else {
-            return Ok(None);
+            return Ok(Self::from_store(passed));
         };
         // SAFETY: single-threaded at start; nothing else reads the environment.
         unsafe { std::env::remove_var(ENV) };
@@ -182,15 +221,10 @@ impl Inheritance {
             .map_err(|e| format!("{ENV}: snapshot descriptor {snapshot_fd}: {e}"))?;
         let channel = adopt_fd(channel_fd, libc::S_IFSOCK)
             .map_err(|e| format!("{ENV}: channel descriptor {channel_fd}: {e}"))?;
-        let channel = UnixStream::from(channel);
         let mut inheritance = Inheritance {
-            snapshot: Snapshot {
-                taken_ms: 0,
-                store: handover::StoreState::Memory(Vec::new()),
-                listeners: Vec::new(),
-                conns: Vec::new(),
-            },
-            channel,
+            snapshot: empty_snapshot(),
+            channel: Some(UnixStream::from(channel)),
+            stored: None,
         };
         match read_snapshot(File::from(snapshot_file)) {
             Ok(snapshot) => inheritance.snapshot = snapshot,
@@ -202,32 +236,80 @@ impl Inheritance {
         Ok(Some(inheritance))
     }
 
+    fn from_store(passed: &mut Passed) -> Option<Inheritance> {
+        let conns = std::mem::take(&mut passed.conns);
+        let Some(memfd) = passed.handover.take() else {
+            if !conns.is_empty() {
+                log::warn!(
+                    "{} stored connections came without a snapshot: closing them",
+                    conns.len()
+                );
+            }
+            return None;
+        };
+        let mut snapshot = match read_snapshot(File::from(memfd)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(
+                    "stored snapshot: {e}; closing the {} stored connections and starting afresh",
+                    conns.len()
+                );
+                return None;
+            }
+        };
+        snapshot.listeners.clear();
+        let mut stored = HashMap::with_capacity(conns.len());
+        for fd in conns {
+            match inode(fd.as_raw_fd()) {
+                Ok(ino) => {
+                    stored.insert(ino, fd);
+                }
+                Err(e) => log::warn!("a stored connection cannot be examined: {e}"),
+            }
+        }
+        Some(Inheritance {
+            snapshot,
+            channel: None,
+            stored: Some(stored),
+        })
+    }
+
     /// Tells the predecessor why this process cannot take over; it keeps
     /// serving. The caller exits without touching any inherited socket.
     pub fn refuse(&mut self, why: &str) {
+        let Some(channel) = &mut self.channel else {
+            return;
+        };
         let mut line = b"E".to_vec();
         line.extend_from_slice(why.as_bytes().get(..200).unwrap_or(why.as_bytes()));
         line.push(b'\n');
-        let _ = self.channel.write_all(&line);
+        let _ = channel.write_all(&line);
     }
 
     /// Says this process is ready and waits for the predecessor to let go.
     /// `Ok`: every inherited socket is ours now. `Err`: the predecessor
     /// kept them (or is gone without saying); exit without touching any.
-    pub fn confirm(mut self) -> Result<(), String> {
-        self.channel
+    pub fn confirm(self) -> Result<(), String> {
+        let Some(mut channel) = self.channel else {
+            return Ok(());
+        };
+        channel
             .write_all(b"R")
             .map_err(|e| format!("cannot reach the old process: {e}"))?;
-        let _ = self
-            .channel
-            .set_read_timeout(Some(CONFIRM_TIMEOUT + STEP_TIMEOUT));
-        match read_step(&mut self.channel) {
+        let _ = channel.set_read_timeout(Some(CONFIRM_TIMEOUT + STEP_TIMEOUT));
+        match read_step(&mut channel) {
             Ok(Step::Go) => {}
             _ => return Err("the old process did not hand over".into()),
         }
-        self.channel
+        channel
             .write_all(b"A")
             .map_err(|e| format!("cannot confirm to the old process: {e}"))
+    }
+
+    /// Whether the predecessor waits for this process (`SIGUSR2`), rather
+    /// than having stored everything with systemd.
+    pub fn direct(&self) -> bool {
+        self.channel.is_some()
     }
 }
 
@@ -276,6 +358,33 @@ fn timed_out(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+/// A snapshot with nothing in it, standing in until the real one is read.
+pub fn empty_snapshot() -> Snapshot {
+    Snapshot {
+        taken_ms: 0,
+        store: handover::StoreState::Memory(Vec::new()),
+        listeners: Vec::new(),
+        conns: Vec::new(),
+    }
+}
+
+/// The inode of the file (socket) behind `fd`: it identifies a socket
+/// whatever its descriptor number.
+pub fn inode(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: fstat writes into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
+}
+
+/// An anonymous in-memory file holding `bytes`, positioned at its start:
+/// how a snapshot travels.
+pub fn snapshot_file(bytes: &[u8]) -> io::Result<OwnedFd> {
+    memfd(bytes)
 }
 
 /// Reads a whole snapshot from its memfd, bounded by [`MAX_SNAPSHOT`].

@@ -26,6 +26,7 @@ fn start(
     start_activated(
         &[(http, "http"), (control, "control")],
         &["--heartbeat", "1", "--state-dir", state],
+        &[],
         control_path,
         2,
     )

@@ -543,7 +543,7 @@ fn a_plain_eventsource_sees_nothing_of_a_socket_activated_restart() {
         (fcgi.as_raw_fd(), "fastcgi"),
         (control.as_raw_fd(), "control"),
     ];
-    let mut first = start_activated(&sockets, &args, &control_path, 2);
+    let mut first = start_activated(&sockets, &args, &[], &control_path, 2);
     let www = plain_site();
     let web = WebServer::nginx_with_root(
         "fastcgi",
@@ -572,7 +572,7 @@ fn a_plain_eventsource_sees_nothing_of_a_socket_activated_restart() {
         write!(backend, "SEND room {}\n{data}\n", data.len()).unwrap();
     }
     std::thread::sleep(Duration::from_secs(5));
-    let second = start_activated(&sockets, &args, &control_path, 2);
+    let second = start_activated(&sockets, &args, &[], &control_path, 2);
     backend
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

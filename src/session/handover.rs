@@ -14,7 +14,7 @@
 //! parked again with its old deadline. A stream's head and preamble are not
 //! written again; its unwritten bytes go out first, verbatim.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Instant, SystemTime};
 
@@ -118,8 +118,10 @@ impl Server {
                 Socket::Tcp(s) => (s.as_raw_fd(), false),
                 Socket::Unix(s) => (s.as_raw_fd(), true),
             };
+            let ino = crate::upgrade::inode(fd).ok()?;
             records.push(ConnRecord {
                 fd,
+                ino,
                 unix,
                 close_after_flush: conn.close == Close::AfterFlush,
                 paused: conn.paused,
@@ -135,18 +137,46 @@ impl Server {
     /// Adopts the connections a predecessor handed over: each socket is
     /// checked, registered and given back its session, output, input and
     /// deadlines. Parked requests wait in [`Server::restores`] to open their
-    /// mailboxes again. Any socket that is not what its record says makes
-    /// the whole handover fail, before anything is served.
-    pub(crate) fn thaw_conns(&mut self, records: Vec<ConnRecord>) -> Result<(), String> {
+    /// mailboxes again. From a direct predecessor, every socket is at the
+    /// number recorded, and one that is not the socket its record says makes
+    /// the whole handover fail, before anything is served. Through systemd
+    /// (`stored`), sockets are found by inode; a record whose socket
+    /// systemd dropped (its client left meanwhile) is skipped, and stored
+    /// sockets no record names are closed.
+    pub(crate) fn thaw_conns(
+        &mut self,
+        records: Vec<ConnRecord>,
+        mut stored: Option<HashMap<u64, OwnedFd>>,
+    ) -> Result<(), String> {
         let now = Instant::now();
         let wall_now = SystemTime::now();
         let mut seen: HashSet<RawFd> = HashSet::with_capacity(records.len());
+        let mut skipped = 0;
         for record in records {
-            if !seen.insert(record.fd) {
-                return Err(format!("descriptor {} handed over twice", record.fd));
-            }
-            let fd = adopt_conn(record.fd, record.unix)
-                .map_err(|e| format!("connection descriptor {}: {e}", record.fd))?;
+            let fd = match &mut stored {
+                Some(by_inode) => {
+                    let Some(fd) = by_inode.remove(&record.ino) else {
+                        skipped += 1;
+                        continue;
+                    };
+                    check_conn(fd, record.unix)
+                        .map_err(|e| format!("stored connection {}: {e}", record.ino))?
+                }
+                None => {
+                    if !seen.insert(record.fd) {
+                        return Err(format!("descriptor {} handed over twice", record.fd));
+                    }
+                    let fd = adopt_conn(record.fd, record.unix)
+                        .map_err(|e| format!("connection descriptor {}: {e}", record.fd))?;
+                    if crate::upgrade::inode(fd.as_raw_fd()).ok() != Some(record.ino) {
+                        return Err(format!(
+                            "descriptor {} is not the connection recorded",
+                            record.fd
+                        ));
+                    }
+                    fd
+                }
+            };
             let mut socket = if record.unix {
                 Socket::Unix(mio::net::UnixStream::from_std(fd.into()))
             } else {
@@ -297,6 +327,15 @@ impl Server {
                 self.conns.schedule_flush(key);
             }
         }
+        if skipped > 0 {
+            log::info!("{skipped} connections handed over had closed meanwhile");
+        }
+        if let Some(left) = stored.filter(|s| !s.is_empty()) {
+            log::warn!(
+                "{} stored connections are in no snapshot: closing them",
+                left.len()
+            );
+        }
         Ok(())
     }
 
@@ -317,7 +356,12 @@ impl Server {
 /// Checks an inherited descriptor is a connected stream socket of the
 /// family its record says, and takes it (close-on-exec, non-blocking).
 fn adopt_conn(fd: RawFd, unix: bool) -> std::io::Result<OwnedFd> {
-    let owned = crate::upgrade::adopt_fd(fd, libc::S_IFSOCK)?;
+    check_conn(crate::upgrade::adopt_fd(fd, libc::S_IFSOCK)?, unix)
+}
+
+/// Checks a socket is connected, of stream type and of the family recorded,
+/// and makes it non-blocking.
+fn check_conn(owned: OwnedFd, unix: bool) -> std::io::Result<OwnedFd> {
     let (kind, listening, family) = crate::activation::socket_facts(owned.as_raw_fd())?;
     let family_ok = if unix {
         family == libc::AF_UNIX

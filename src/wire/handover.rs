@@ -9,8 +9,9 @@
 //!          | 1 records:bytes          (memory: a journal snapshot, see [`super::journal`])
 //!          | 2 lock_fd:i32            (a state directory: its LOCK descriptor)
 //!          | 3 instance:str            (Redis: the state is there; the successor keeps the instance name)
-//! listener = name:str fd:i32 path:bytes    (path: the Unix socket file to remove at exit, or empty)
-//! conn     = fd:i32 unix:u8 flags:u8 deadline:u64 out:bytes input:bytes session
+//! listener = name:str fd:i32 path:bytes held:u8   (path: the Unix socket file to remove at exit, or empty;
+//!                                                held: the service manager holds it too)
+//! conn     = fd:i32 ino:u64 unix:u8 flags:u8 deadline:u64 out:bytes input:bytes session
 //! session  = 0 skip:u32                                        control
 //!          | 1 keep_alive:u8 exchange?                          HTTP
 //!          | 2 done:u8 exchange?                                SCGI
@@ -77,6 +78,9 @@ pub struct ListenerRecord {
     /// The Unix socket file the process removes when it stops (empty: not
     /// its own, e.g. passed by systemd).
     pub path: Vec<u8>,
+    /// The service manager holds it too (socket activation): it need not
+    /// be stored again on a restart.
+    pub held: bool,
 }
 
 /// A request parked on a mailbox.
@@ -152,8 +156,11 @@ pub enum SessionRecord {
 /// One accepted connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnRecord {
-    /// The descriptor, inherited at this number.
+    /// The descriptor, inherited at this number (a binary upgrade).
     pub fd: i32,
+    /// The socket's inode: what identifies it whatever its descriptor
+    /// number (systemd's file descriptor store renumbers them).
+    pub ino: u64,
     /// A Unix socket (else TCP).
     pub unix: bool,
     /// Close once `out` is written.
@@ -231,10 +238,12 @@ pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
         put_str(&mut body, &l.name);
         body.extend_from_slice(&l.fd.to_le_bytes());
         put_bytes(&mut body, &l.path);
+        body.push(u8::from(l.held));
     }
     body.extend_from_slice(&(snapshot.conns.len() as u32).to_le_bytes());
     for c in &snapshot.conns {
         body.extend_from_slice(&c.fd.to_le_bytes());
+        body.extend_from_slice(&c.ino.to_le_bytes());
         body.push(u8::from(c.unix));
         body.push(u8::from(c.close_after_flush) | (u8::from(c.paused) << 1));
         body.extend_from_slice(&c.deadline_ms.to_le_bytes());
@@ -336,12 +345,14 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, SnapshotError> {
             name: r.str()?.to_string(),
             fd: r.i32()?,
             path: r.bytes()?.to_vec(),
+            held: r.flag()?,
         });
     }
     let count = r.count()?;
     let mut conns = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
         let fd = r.i32()?;
+        let ino = r.u64()?;
         let unix = r.flag()?;
         let flags = r.u8()?;
         if flags > 3 {
@@ -388,6 +399,7 @@ pub fn decode(buf: &[u8]) -> Result<Snapshot, SnapshotError> {
         };
         conns.push(ConnRecord {
             fd,
+            ino,
             unix,
             close_after_flush: flags & 1 != 0,
             paused: flags & 2 != 0,
@@ -550,16 +562,19 @@ mod tests {
                     name: "control".into(),
                     fd: 4,
                     path: b"/run/mailboxd/control.sock".to_vec(),
+                    held: false,
                 },
                 ListenerRecord {
                     name: "http".into(),
                     fd: 5,
                     path: Vec::new(),
+                    held: true,
                 },
             ],
             conns: vec![
                 ConnRecord {
                     fd: 9,
+                    ino: 1001,
                     unix: true,
                     close_after_flush: false,
                     paused: true,
@@ -570,6 +585,7 @@ mod tests {
                 },
                 ConnRecord {
                     fd: 10,
+                    ino: 1002,
                     unix: false,
                     close_after_flush: false,
                     paused: false,
@@ -583,6 +599,7 @@ mod tests {
                 },
                 ConnRecord {
                     fd: 11,
+                    ino: 1003,
                     unix: false,
                     close_after_flush: true,
                     paused: false,
@@ -596,6 +613,7 @@ mod tests {
                 },
                 ConnRecord {
                     fd: 12,
+                    ino: 1004,
                     unix: true,
                     close_after_flush: false,
                     paused: false,
@@ -620,6 +638,7 @@ mod tests {
                 },
                 ConnRecord {
                     fd: 13,
+                    ino: 1005,
                     unix: false,
                     close_after_flush: false,
                     paused: false,
@@ -633,6 +652,7 @@ mod tests {
                 },
                 ConnRecord {
                     fd: 14,
+                    ino: 1006,
                     unix: false,
                     close_after_flush: false,
                     paused: false,

@@ -244,6 +244,7 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
 pub fn start_activated(
     sockets: &[(std::os::fd::RawFd, &str)],
     args: &[&str],
+    env: &[(&str, &str)],
     control: &Path,
     listeners: usize,
 ) -> Mailboxd {
@@ -256,6 +257,7 @@ pub fn start_activated(
     cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
         .arg(bin("mailboxd"))
         .args(args)
+        .envs(env.iter().copied())
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"));
     // SAFETY: between fork and exec only fcntl and dup2, which are
