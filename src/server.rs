@@ -13,7 +13,10 @@
 //!    anything is written, as Redis does before it sleeps;
 //! 6. flush every connection that has output, once (only a short write arms WRITABLE);
 //! 7. reap the connections marked for closing, unsubscribing their requests,
-//!    and accept again if descriptors had run out.
+//!    and accept again if descriptors had run out;
+//! 8. while a handover (SIGUSR2, or SIGTERM under a file descriptor store)
+//!    is under way, try to complete it ([`crate::upgrade`]): nothing new is
+//!    read or accepted until it is done or abandoned.
 //!
 //! Handlers never free a connection: they mark it, and step 7 frees it, so a
 //! delivery can walk a mailbox's subscribers without any of them vanishing.
@@ -44,11 +47,10 @@ use crate::notify::Notifier;
 use crate::outbuf::OutQueue;
 use crate::peer;
 use crate::session::{MAX_METRICS_CONNS, Restore};
-use crate::store::{Handover, MailboxStore};
+use crate::store::MailboxStore;
 use crate::subscribers::Subscribers;
 use crate::timer::{CONN_SLOT, TimerId, Timers};
-use crate::upgrade::Succession;
-use crate::wire::handover::{ListenerRecord, Snapshot, StoreState};
+use crate::upgrade::{Succession, Target, adopt_listener};
 
 /// Token of the signal pipe.
 pub const SIGNAL: Token = Token(0);
@@ -62,23 +64,20 @@ pub const FIRST_CONN: usize = 1 << 16;
 const LISTEN_BACKLOG: i32 = 4096;
 /// How long shutdown waits for final output to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How long an upgrade waits for work in flight (commands sent to Redis, a
-/// compaction being written) before it is abandoned.
-const UPGRADE_PREPARE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
-enum ListenSocket {
+pub(crate) enum ListenSocket {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
 }
 
 #[derive(Debug)]
-struct Listener {
-    kind: Kind,
-    socket: ListenSocket,
+pub(crate) struct Listener {
+    pub(crate) kind: Kind,
+    pub(crate) socket: ListenSocket,
     /// The service manager holds it too (socket activation, or a file
     /// descriptor store): a restart need not store it.
-    held: bool,
+    pub(crate) held: bool,
 }
 
 impl Drop for Listener {
@@ -92,19 +91,10 @@ impl Drop for Listener {
     }
 }
 
-/// Where a handover goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// A new process started from our binary (`SIGUSR2`).
-    Successor,
-    /// systemd's file descriptor store, for the next process it starts.
-    ServiceManager,
-}
-
 /// The whole server: listeners, connections, store, timers.
 pub struct Server {
     pub(crate) poll: Poll,
-    listeners: Vec<Listener>,
+    pub(crate) listeners: Vec<Listener>,
     pub(crate) conns: Conns,
     pub(crate) store: Box<dyn MailboxStore>,
     /// Which parked requests of this process wait on which mailbox.
@@ -131,23 +121,23 @@ pub struct Server {
     /// A handover is under way: a binary upgrade (`SIGUSR2`), or a restart
     /// through systemd's file descriptor store (`SIGTERM`). Nothing new is
     /// read or accepted until it completes or is abandoned at the deadline.
-    upgrade: Option<(Instant, Target)>,
+    pub(crate) upgrade: Option<(Instant, Target)>,
     /// After an abandoned upgrade: readiness that arrived meanwhile was not
     /// acted on, so every listener and connection is read on the next turn.
-    kick: bool,
+    pub(crate) kick: bool,
     /// Requests a predecessor handed over, waiting to open their mailboxes.
     pub(crate) restores: Vec<Restore>,
     /// Unix socket files a predecessor handed over: ours to remove at exit
     /// once the handover is confirmed (until then they are its).
     handed_paths: Vec<(usize, PathBuf)>,
     /// The service manager (systemd), when one started us.
-    notifier: Option<Notifier>,
+    pub(crate) notifier: Option<Notifier>,
     /// systemd passed descriptors from its store: they leave it once we serve.
     unstore: bool,
     /// The binary and arguments this process was started with: what an
     /// upgrade starts again.
-    exe: Option<PathBuf>,
-    args: Vec<std::ffi::OsString>,
+    pub(crate) exe: Option<PathBuf>,
+    pub(crate) args: Vec<std::ffi::OsString>,
 }
 
 /// How long to wait before accepting again after running out of
@@ -487,7 +477,7 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, index: usize, now: Instant) {
+    pub(crate) fn accept(&mut self, index: usize, now: Instant) {
         let Some(listener) = self.listeners.get(index) else {
             return;
         };
@@ -844,233 +834,6 @@ impl Server {
         closed
     }
 
-    /// SIGUSR2: starts a binary upgrade. From now on nothing new is read or
-    /// accepted; at the end of each turn [`Server::try_upgrade`] checks
-    /// whether work in flight has finished, and hands everything over.
-    fn begin_upgrade(&mut self, now: Instant) {
-        if self.shutdown.is_some() {
-            log::warn!("SIGUSR2 ignored: shutting down");
-        } else if self.upgrade.is_some() {
-            log::warn!("SIGUSR2 ignored: an upgrade is already under way");
-        } else if self.exe.is_none() {
-            log::error!("SIGUSR2 ignored: this process cannot tell which binary it runs");
-        } else {
-            log::info!(
-                "SIGUSR2: upgrading: starting {} and handing it {} connections",
-                self.exe.as_deref().unwrap_or(Path::new("?")).display(),
-                self.conns.slab.len()
-            );
-            self.begin_handover(now, Target::Successor);
-        }
-    }
-
-    /// Whether SIGTERM should store everything with systemd: it keeps a file
-    /// descriptor store (`$FDSTORE`) large enough for every connection,
-    /// listener and the snapshot.
-    fn fdstore_fits(&self) -> bool {
-        let Some(n) = &self.notifier else {
-            return false;
-        };
-        if n.fdstore == 0 {
-            return false;
-        }
-        let needed = self.conns.slab.len() + self.listeners.len() + 1;
-        if n.fdstore < needed {
-            log::warn!(
-                "SIGTERM: the file descriptor store holds {} descriptors and {needed} are \
-                 needed: stopping cleanly instead (raise FileDescriptorStoreMax)",
-                n.fdstore
-            );
-            return false;
-        }
-        true
-    }
-
-    /// Freezes: nothing new is read or accepted from now on, and each turn
-    /// ends with an attempt to hand everything to `target`.
-    fn begin_handover(&mut self, now: Instant, target: Target) {
-        if target == Target::ServiceManager {
-            log::info!(
-                "SIGTERM: storing {} connections with the service manager for the next process",
-                self.conns.slab.len()
-            );
-        }
-        self.upgrade = Some((now + UPGRADE_PREPARE, target));
-    }
-
-    /// Hands every listener and connection to a new process once the store
-    /// and every connection can be frozen; exits when the new process has
-    /// taken over, and carries on serving when it has not.
-    fn try_upgrade(&mut self, now: Instant) {
-        let Some((deadline, target)) = self.upgrade else {
-            return;
-        };
-        let started = Instant::now();
-        let store = match self.store.handover() {
-            // The lock goes with this process; the next one takes it anew.
-            Handover::Ready(StoreState::Journal { .. }) if target == Target::ServiceManager => {
-                StoreState::Journal { lock_fd: -1 }
-            }
-            Handover::Ready(state) => state,
-            Handover::Busy if now < deadline => return,
-            Handover::Busy => {
-                return self.abandon_upgrade("the store's work in flight did not finish in time");
-            }
-            Handover::Refused(why) => return self.abandon_upgrade(&why),
-        };
-        let Some(conns) = self.freeze_conns() else {
-            if now >= deadline {
-                self.abandon_upgrade("requests still waiting for the store");
-            }
-            return;
-        };
-        let mut fds: Vec<i32> = conns.iter().map(|c| c.fd).collect();
-        let listeners: Vec<ListenerRecord> = self
-            .listeners
-            .iter()
-            .map(|l| {
-                let (fd, path) = match &l.socket {
-                    ListenSocket::Tcp(t) => (t.as_raw_fd(), Vec::new()),
-                    ListenSocket::Unix(u, path) => (
-                        u.as_raw_fd(),
-                        std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec(),
-                    ),
-                };
-                ListenerRecord {
-                    name: l.kind.name().to_string(),
-                    fd,
-                    path,
-                    held: l.held,
-                }
-            })
-            .collect();
-        fds.extend(listeners.iter().map(|l| l.fd));
-        if let StoreState::Journal { lock_fd } = &store {
-            fds.push(*lock_fd);
-        }
-        let count = conns.len();
-        let pending: usize = conns.iter().map(|c| c.out.len()).sum();
-        let snapshot = crate::wire::handover::encode(&Snapshot {
-            taken_ms: crate::wire::journal::to_ms(self.wall(now)),
-            store,
-            listeners,
-            conns,
-        });
-        if target == Target::ServiceManager {
-            return self.store_with_service_manager(&snapshot, count, pending);
-        }
-        let exe = self.exe.clone().unwrap_or_default();
-        let successor = match crate::upgrade::spawn(&exe, &self.args, &snapshot, &fds) {
-            Ok(s) => s,
-            Err(e) => return self.abandon_upgrade(&format!("cannot start {}: {e}", exe.display())),
-        };
-        let pid = successor.pid();
-        match successor.hand_over() {
-            Ok(()) => {
-                log::info!(
-                    "upgrade: pid {pid} took over {count} connections ({pending} bytes of \
-                     output not yet written, {} bytes of snapshot) {} ms after they were \
-                     frozen; exiting",
-                    snapshot.len(),
-                    started.elapsed().as_millis()
-                );
-                if let Some(n) = &self.notifier
-                    && let Err(e) = n.send(&format!("MAINPID={pid}\n"), &[])
-                {
-                    log::warn!("cannot tell the service manager the new main pid: {e}");
-                }
-                // No destructor runs: the sockets, their files and the
-                // state directory are the new process's now.
-                std::process::exit(0);
-            }
-            Err(why) => self.abandon_upgrade(&format!("new process (pid {pid}): {why}")),
-        }
-    }
-
-    /// Stores the snapshot, the listeners systemd does not hold yet and
-    /// every connection in systemd's file descriptor store, then exits; the
-    /// next process systemd starts gets them back. If storing fails, what
-    /// was stored is removed again and the server stops cleanly instead.
-    fn store_with_service_manager(&mut self, snapshot: &[u8], count: usize, pending: usize) {
-        let Some(n) = self.notifier.clone() else {
-            return self.abandon_upgrade("no service manager");
-        };
-        let conns: Vec<i32> = self
-            .conns
-            .slab
-            .iter()
-            .filter(|(_, c)| c.close != Close::Now)
-            .map(|(_, c)| match &c.socket {
-                Socket::Tcp(s) => s.as_raw_fd(),
-                Socket::Unix(s) => s.as_raw_fd(),
-            })
-            .collect();
-        let stored = crate::upgrade::snapshot_file(snapshot).and_then(|memfd| {
-            n.store("handover", &[memfd.as_raw_fd()])?;
-            for l in self.listeners.iter().filter(|l| !l.held) {
-                let fd = match &l.socket {
-                    ListenSocket::Tcp(t) => t.as_raw_fd(),
-                    ListenSocket::Unix(u, _) => u.as_raw_fd(),
-                };
-                n.store(l.kind.name(), &[fd])?;
-            }
-            n.store("conn", &conns)
-        });
-        match stored {
-            Ok(()) => {
-                log::info!(
-                    "stored {count} connections ({pending} bytes of output not yet written, \
-                     {} bytes of snapshot) with the service manager; exiting",
-                    snapshot.len()
-                );
-                // No destructor runs: nothing is shut down or removed.
-                std::process::exit(0);
-            }
-            Err(e) => {
-                let _ = n.unstore("conn");
-                let _ = n.unstore("handover");
-                self.abandon_upgrade(&e.to_string());
-            }
-        }
-    }
-
-    /// Gives up an upgrade: everything stays with this process, which reads
-    /// what arrived meanwhile on the next turn.
-    /// For a SIGTERM that was to store everything with systemd, the server
-    /// stops cleanly instead.
-    fn abandon_upgrade(&mut self, why: &str) {
-        if let Some((_, Target::ServiceManager)) = self.upgrade.take() {
-            log::error!(
-                "cannot store the connections with the service manager ({why}): stopping cleanly instead"
-            );
-            self.begin_shutdown(Instant::now());
-            return;
-        }
-        log::error!("upgrade abandoned: {why}; this process keeps serving");
-        self.kick = true;
-    }
-
-    /// Accepts on every listener and reads every connection: readiness
-    /// reported while an upgrade was prepared was not acted on.
-    fn read_everything(&mut self, now: Instant) {
-        for index in 0..self.listeners.len() {
-            self.accept(index, now);
-        }
-        let keys: Vec<(usize, bool)> = self
-            .conns
-            .slab
-            .iter()
-            .map(|(k, c)| (k, matches!(c.session, Session::Control(_))))
-            .collect();
-        for (key, control) in keys {
-            if control {
-                self.control_readable(key, now);
-            } else {
-                self.client_readable(key, now);
-            }
-        }
-    }
-
     /// Writes our pid to `--pid-file` (a successor rewrites it), through a
     /// temporary file so a reader never sees it half written.
     fn write_pid_file(&self) {
@@ -1099,7 +862,7 @@ impl Server {
 
     /// Stops accepting, ends every stream cleanly, answers held polls, and
     /// gives the output [`SHUTDOWN_GRACE`] to drain.
-    fn begin_shutdown(&mut self, now: Instant) {
+    pub(crate) fn begin_shutdown(&mut self, now: Instant) {
         if self.shutdown.is_some() {
             return;
         }
@@ -1135,27 +898,6 @@ impl Server {
             }
         }
     }
-}
-
-/// Takes a listening socket a predecessor handed over, as socket
-/// activation would: checked, close-on-exec, non-blocking.
-fn adopt_listener(l: ListenerRecord) -> Result<crate::activation::Inherited, String> {
-    let kinds = ["http", "fastcgi", "scgi", "control", "metrics"];
-    if !kinds.contains(&l.name.as_str()) {
-        return Err(format!(
-            "handed-over listener '{}' is of no known kind",
-            l.name
-        ));
-    }
-    let fd = crate::upgrade::adopt_fd(l.fd, libc::S_IFSOCK)
-        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
-    let unix = crate::activation::check(fd.as_raw_fd())
-        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
-    Ok(crate::activation::Inherited {
-        name: l.name,
-        fd,
-        unix,
-    })
 }
 
 /// Binds a listener; a leftover Unix socket file from a crashed run is

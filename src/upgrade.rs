@@ -42,7 +42,12 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use crate::activation::{Inherited, Passed};
+use crate::conn::{Close, Session, Socket};
+use crate::server::{ListenSocket, Server};
+use crate::store::{Handover, StoreState};
 use crate::wire::handover::{self, ConnRecord, ListenerRecord, MAX_SNAPSHOT, Snapshot};
 
 /// What a starting process takes over besides its store: the listeners
@@ -438,6 +443,271 @@ fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(OwnedFd::from(file))
+}
+
+// The loop's side: freezing, handing over, and carrying on if that fails.
+
+/// How long an upgrade waits for work in flight (commands sent to Redis, a
+/// compaction being written) before it is abandoned.
+const UPGRADE_PREPARE: Duration = Duration::from_secs(5);
+
+/// Where a handover goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A new process started from our binary (`SIGUSR2`).
+    Successor,
+    /// systemd's file descriptor store, for the next process it starts.
+    ServiceManager,
+}
+
+impl Server {
+    /// SIGUSR2: starts a binary upgrade. From now on nothing new is read or
+    /// accepted; at the end of each turn [`Server::try_upgrade`] checks
+    /// whether work in flight has finished, and hands everything over.
+    pub(crate) fn begin_upgrade(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            log::warn!("SIGUSR2 ignored: shutting down");
+        } else if self.upgrade.is_some() {
+            log::warn!("SIGUSR2 ignored: an upgrade is already under way");
+        } else if self.exe.is_none() {
+            log::error!("SIGUSR2 ignored: this process cannot tell which binary it runs");
+        } else {
+            log::info!(
+                "SIGUSR2: upgrading: starting {} and handing it {} connections",
+                self.exe.as_deref().unwrap_or(Path::new("?")).display(),
+                self.conns.slab.len()
+            );
+            self.begin_handover(now, Target::Successor);
+        }
+    }
+
+    /// Whether SIGTERM should store everything with systemd: it keeps a file
+    /// descriptor store (`$FDSTORE`) large enough for every connection,
+    /// listener and the snapshot.
+    pub(crate) fn fdstore_fits(&self) -> bool {
+        let Some(n) = &self.notifier else {
+            return false;
+        };
+        if n.fdstore == 0 {
+            return false;
+        }
+        let needed = self.conns.slab.len() + self.listeners.len() + 1;
+        if n.fdstore < needed {
+            log::warn!(
+                "SIGTERM: the file descriptor store holds {} descriptors and {needed} are \
+                 needed: stopping cleanly instead (raise FileDescriptorStoreMax)",
+                n.fdstore
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Freezes: nothing new is read or accepted from now on, and each turn
+    /// ends with an attempt to hand everything to `target`.
+    pub(crate) fn begin_handover(&mut self, now: Instant, target: Target) {
+        if target == Target::ServiceManager {
+            log::info!(
+                "SIGTERM: storing {} connections with the service manager for the next process",
+                self.conns.slab.len()
+            );
+        }
+        self.upgrade = Some((now + UPGRADE_PREPARE, target));
+    }
+
+    /// Hands every listener and connection to a new process once the store
+    /// and every connection can be frozen; exits when the new process has
+    /// taken over, and carries on serving when it has not.
+    pub(crate) fn try_upgrade(&mut self, now: Instant) {
+        let Some((deadline, target)) = self.upgrade else {
+            return;
+        };
+        let started = Instant::now();
+        let store = match self.store.handover() {
+            // The lock goes with this process; the next one takes it anew.
+            Handover::Ready(StoreState::Journal { .. }) if target == Target::ServiceManager => {
+                StoreState::Journal { lock_fd: -1 }
+            }
+            Handover::Ready(state) => state,
+            Handover::Busy if now < deadline => return,
+            Handover::Busy => {
+                return self.abandon_upgrade("the store's work in flight did not finish in time");
+            }
+            Handover::Refused(why) => return self.abandon_upgrade(&why),
+        };
+        let Some(conns) = self.freeze_conns() else {
+            if now >= deadline {
+                self.abandon_upgrade("requests still waiting for the store");
+            }
+            return;
+        };
+        let mut fds: Vec<i32> = conns.iter().map(|c| c.fd).collect();
+        let listeners: Vec<ListenerRecord> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let (fd, path) = match &l.socket {
+                    ListenSocket::Tcp(t) => (t.as_raw_fd(), Vec::new()),
+                    ListenSocket::Unix(u, path) => (
+                        u.as_raw_fd(),
+                        std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec(),
+                    ),
+                };
+                ListenerRecord {
+                    name: l.kind.name().to_string(),
+                    fd,
+                    path,
+                    held: l.held,
+                }
+            })
+            .collect();
+        fds.extend(listeners.iter().map(|l| l.fd));
+        if let StoreState::Journal { lock_fd } = &store {
+            fds.push(*lock_fd);
+        }
+        let count = conns.len();
+        let pending: usize = conns.iter().map(|c| c.out.len()).sum();
+        let snapshot = crate::wire::handover::encode(&Snapshot {
+            taken_ms: crate::wire::journal::to_ms(self.wall(now)),
+            store,
+            listeners,
+            conns,
+        });
+        if target == Target::ServiceManager {
+            return self.store_with_service_manager(&snapshot, count, pending);
+        }
+        let exe = self.exe.clone().unwrap_or_default();
+        let successor = match crate::upgrade::spawn(&exe, &self.args, &snapshot, &fds) {
+            Ok(s) => s,
+            Err(e) => return self.abandon_upgrade(&format!("cannot start {}: {e}", exe.display())),
+        };
+        let pid = successor.pid();
+        match successor.hand_over() {
+            Ok(()) => {
+                log::info!(
+                    "upgrade: pid {pid} took over {count} connections ({pending} bytes of \
+                     output not yet written, {} bytes of snapshot) {} ms after they were \
+                     frozen; exiting",
+                    snapshot.len(),
+                    started.elapsed().as_millis()
+                );
+                if let Some(n) = &self.notifier
+                    && let Err(e) = n.send(&format!("MAINPID={pid}\n"), &[])
+                {
+                    log::warn!("cannot tell the service manager the new main pid: {e}");
+                }
+                // No destructor runs: the sockets, their files and the
+                // state directory are the new process's now.
+                std::process::exit(0);
+            }
+            Err(why) => self.abandon_upgrade(&format!("new process (pid {pid}): {why}")),
+        }
+    }
+
+    /// Stores the snapshot, the listeners systemd does not hold yet and
+    /// every connection in systemd's file descriptor store, then exits; the
+    /// next process systemd starts gets them back. If storing fails, what
+    /// was stored is removed again and the server stops cleanly instead.
+    fn store_with_service_manager(&mut self, snapshot: &[u8], count: usize, pending: usize) {
+        let Some(n) = self.notifier.clone() else {
+            return self.abandon_upgrade("no service manager");
+        };
+        let conns: Vec<i32> = self
+            .conns
+            .slab
+            .iter()
+            .filter(|(_, c)| c.close != Close::Now)
+            .map(|(_, c)| match &c.socket {
+                Socket::Tcp(s) => s.as_raw_fd(),
+                Socket::Unix(s) => s.as_raw_fd(),
+            })
+            .collect();
+        let stored = crate::upgrade::snapshot_file(snapshot).and_then(|memfd| {
+            n.store("handover", &[memfd.as_raw_fd()])?;
+            for l in self.listeners.iter().filter(|l| !l.held) {
+                let fd = match &l.socket {
+                    ListenSocket::Tcp(t) => t.as_raw_fd(),
+                    ListenSocket::Unix(u, _) => u.as_raw_fd(),
+                };
+                n.store(l.kind.name(), &[fd])?;
+            }
+            n.store("conn", &conns)
+        });
+        match stored {
+            Ok(()) => {
+                log::info!(
+                    "stored {count} connections ({pending} bytes of output not yet written, \
+                     {} bytes of snapshot) with the service manager; exiting",
+                    snapshot.len()
+                );
+                // No destructor runs: nothing is shut down or removed.
+                std::process::exit(0);
+            }
+            Err(e) => {
+                let _ = n.unstore("conn");
+                let _ = n.unstore("handover");
+                self.abandon_upgrade(&e.to_string());
+            }
+        }
+    }
+
+    /// Gives up an upgrade: everything stays with this process, which reads
+    /// what arrived meanwhile on the next turn.
+    /// For a SIGTERM that was to store everything with systemd, the server
+    /// stops cleanly instead.
+    fn abandon_upgrade(&mut self, why: &str) {
+        if let Some((_, Target::ServiceManager)) = self.upgrade.take() {
+            log::error!(
+                "cannot store the connections with the service manager ({why}): stopping cleanly instead"
+            );
+            self.begin_shutdown(Instant::now());
+            return;
+        }
+        log::error!("upgrade abandoned: {why}; this process keeps serving");
+        self.kick = true;
+    }
+
+    /// Accepts on every listener and reads every connection: readiness
+    /// reported while an upgrade was prepared was not acted on.
+    pub(crate) fn read_everything(&mut self, now: Instant) {
+        for index in 0..self.listeners.len() {
+            self.accept(index, now);
+        }
+        let keys: Vec<(usize, bool)> = self
+            .conns
+            .slab
+            .iter()
+            .map(|(k, c)| (k, matches!(c.session, Session::Control(_))))
+            .collect();
+        for (key, control) in keys {
+            if control {
+                self.control_readable(key, now);
+            } else {
+                self.client_readable(key, now);
+            }
+        }
+    }
+}
+
+/// Takes a listening socket a predecessor handed over, as socket
+/// activation would: checked, close-on-exec, non-blocking.
+pub(crate) fn adopt_listener(l: ListenerRecord) -> Result<crate::activation::Inherited, String> {
+    let kinds = ["http", "fastcgi", "scgi", "control", "metrics"];
+    if !kinds.contains(&l.name.as_str()) {
+        return Err(format!(
+            "handed-over listener '{}' is of no known kind",
+            l.name
+        ));
+    }
+    let fd = crate::upgrade::adopt_fd(l.fd, libc::S_IFSOCK)
+        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
+    let unix = crate::activation::check(fd.as_raw_fd())
+        .map_err(|e| format!("handed-over {} listener {}: {e}", l.name, l.fd))?;
+    Ok(crate::activation::Inherited {
+        name: l.name,
+        fd,
+        unix,
+    })
 }
 
 #[cfg(test)]
