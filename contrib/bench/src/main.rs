@@ -11,6 +11,11 @@
 //!   that every subscriber got every message exactly once, in order.
 //! * `throughput`: N subscribers on N mailboxes/channels; messages spread over
 //!   them as fast as the publisher can; delivered messages/s end to end.
+//! * `upgrade`: N subscribers in one group and a few probes receiving a
+//!   message every millisecond while mailboxd is upgraded (SIGUSR2): the time
+//!   from the signal to the new process serving, the longest pause a probe
+//!   saw, and that every subscriber got a message sent before and one sent
+//!   after, exactly once, on the connection it opened.
 //! * `subscribe`: the child process `fanout` and `throughput` spawn; one
 //!   process drives at most a few thousand sockets, so the load spreads over
 //!   cores and stays under the per-process descriptor limit.
@@ -39,7 +44,9 @@ fn usage() -> ! {
                    [--store-pids PID]
   mbx-bench throughput --target mailboxd|nchan --addr HOST:PORT --prefix PATH
                    [--control PATH | --pub-addr HOST:PORT --pub-prefix /pub/]
-                   [--subs N] [--msgs M] [--procs P] [--publishers K] [--server-pids PID,PID]"
+                   [--subs N] [--msgs M] [--procs P] [--publishers K] [--server-pids PID,PID]
+  mbx-bench upgrade --addr HOST:PORT --prefix PATH --control PATH --pid-file PATH
+                   [--subs N] [--procs P] [--probes K] [--probe-ms MS]"
     );
     std::process::exit(2)
 }
@@ -91,6 +98,7 @@ fn main() {
         "subscribe" => subscribe(&args),
         "fanout" => fanout(&args),
         "throughput" => throughput(&args),
+        "upgrade" => upgrade(&args),
         "token" => token_cost(&args),
         _ => usage(),
     }
@@ -368,9 +376,9 @@ fn spawn_subscribers(
     names: &[String],
     expect: usize,
     tmp: &str,
+    procs: usize,
 ) -> Vec<(Child, BufReader<std::process::ChildStdout>)> {
-    let procs = args.num("procs", 2).max(1) as usize;
-    let per = names.len().div_ceil(procs);
+    let per = names.len().div_ceil(procs.max(1));
     let exe = std::env::current_exe().unwrap();
     let mut children = Vec::new();
     for (i, chunk) in names.chunks(per).enumerate() {
@@ -389,7 +397,7 @@ fn spawn_subscribers(
                 "--timeout",
                 &args.num("timeout", 120).to_string(),
             ])
-            .args(["--latencies", &format!("{tmp}/lat{i}")])
+            .args(["--latencies", &format!("{tmp}/lat{}-{i}", names[0])])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -430,7 +438,11 @@ struct Merged {
     latencies: Vec<u32>,
 }
 
-fn collect(children: Vec<(Child, BufReader<std::process::ChildStdout>)>, tmp: &str) -> Merged {
+fn collect(
+    children: Vec<(Child, BufReader<std::process::ChildStdout>)>,
+    tmp: &str,
+    first: &str,
+) -> Merged {
     let mut m = Merged {
         first_ns: u64::MAX,
         ..Merged::default()
@@ -464,7 +476,7 @@ fn collect(children: Vec<(Child, BufReader<std::process::ChildStdout>)>, tmp: &s
                 _ => {}
             }
         }
-        let bytes = std::fs::read(format!("{tmp}/lat{i}")).unwrap_or_default();
+        let bytes = std::fs::read(format!("{tmp}/lat{first}-{i}")).unwrap_or_default();
         m.latencies.extend(
             bytes
                 .chunks_exact(4)
@@ -607,7 +619,8 @@ fn fanout(args: &Args) {
             assert!(reply.starts_with("OK"), "{reply}");
         }
     }
-    let children = spawn_subscribers(args, &names, msgs as usize, &tmp);
+    let procs = args.num("procs", 2) as usize;
+    let children = spawn_subscribers(args, &names, msgs as usize, &tmp, procs);
     std::thread::sleep(Duration::from_millis(300));
     let pids = server_pids(args);
     let cpu_before = cpu_ns(&pids);
@@ -641,7 +654,7 @@ fn fanout(args: &Args) {
             std::thread::sleep(interval);
         }
     }
-    let m = collect(children, &tmp);
+    let m = collect(children, &tmp, &names[0]);
     let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
     let store_cpu = cpu_ns(&store).saturating_sub(store_before);
     let mut to_last: Vec<u32> = m.seq_max.values().map(|&v| v as u32).collect();
@@ -679,7 +692,8 @@ fn throughput(args: &Args) {
     let msgs = per * subs;
     let tmp = tmpdir();
     let names: Vec<String> = (0..subs).map(|i| format!("t{i}")).collect();
-    let children = spawn_subscribers(args, &names, per, &tmp);
+    let procs = args.num("procs", 2) as usize;
+    let children = spawn_subscribers(args, &names, per, &tmp, procs);
     std::thread::sleep(Duration::from_millis(300));
     let pids = server_pids(args);
     let cpu_before = cpu_ns(&pids);
@@ -723,7 +737,7 @@ fn throughput(args: &Args) {
         }
     }
     let published = start.elapsed().as_secs_f64();
-    let m = collect(children, &tmp);
+    let m = collect(children, &tmp, &names[0]);
     let cpu = cpu_ns(&pids).saturating_sub(cpu_before);
     let store_cpu = cpu_ns(&store).saturating_sub(store_before);
     let secs = (m.last_ns.saturating_sub(start_ns)) as f64 / 1e9;
@@ -739,6 +753,91 @@ fn throughput(args: &Args) {
         cpu as f64 / 1e6,
         store_cpu as f64 / 1e6,
         store_cpu as f64 / 1e3 / m.received.max(1) as f64,
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A binary upgrade under load (see the module comment).
+fn upgrade(args: &Args) {
+    let subs = args.num("subs", 10_000) as usize;
+    let probes = args.num("probes", 10) as usize;
+    let probe_msgs = args.num("probe-ms", 3000);
+    let control = args.str("control");
+    let pid_file = args.str("pid-file");
+    let tmp = tmpdir();
+    let names: Vec<String> = (0..subs).map(|i| format!("u{i}")).collect();
+    let probe_names: Vec<String> = (0..probes).map(|i| format!("p{i}")).collect();
+    for (group, list) in [("all", &names), ("probe", &probe_names)] {
+        for chunk in list.chunks(500) {
+            let reply = control_cmd(&control, &format!("JOIN {group} {}\n", chunk.join(" ")));
+            assert!(reply.starts_with("OK"), "{reply}");
+        }
+    }
+    let procs = subs.div_ceil(4000).max(1);
+    let children = spawn_subscribers(args, &names, 2, &tmp, procs);
+    let probe_children = spawn_subscribers(args, &probe_names, probe_msgs as usize, &tmp, 1);
+    let publish = |group: &str, seq: u64| {
+        let body = payload(seq, 32);
+        let reply = control_cmd(&control, &format!("PUBLISH {group} {}\n{body}\n", body.len()));
+        assert!(reply.starts_with("OK"), "{reply}");
+    };
+    publish("all", 1);
+    // Probes: a message every millisecond, on one control connection that
+    // moves to the new process with everything else.
+    let prober = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            let s = UnixStream::connect(&control).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            for seq in 1..=probe_msgs {
+                let body = payload(seq, 32);
+                w.write_all(format!("PUBLISH probe {}\n{body}\n", body.len()).as_bytes())
+                    .unwrap();
+                let mut reply = String::new();
+                r.read_line(&mut reply).unwrap();
+                assert!(reply.starts_with("OK"), "{reply}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let read_pid = || -> Option<u32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    let old = read_pid().expect("--pid-file names the running mailboxd");
+    let signalled = Instant::now();
+    let sent = Command::new("kill").args(["-USR2", &old.to_string()]).status().unwrap();
+    assert!(sent.success());
+    let new = loop {
+        if let Some(p) = read_pid().filter(|&p| p != old) {
+            break p;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(30), "no new process");
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let serving = signalled.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    publish("all", 2);
+    prober.join().unwrap();
+    let m = collect(children, &tmp, &names[0]);
+    let p = collect(probe_children, &tmp, &probe_names[0]);
+    let pause_us = p.seq_max.values().copied().max().unwrap_or(0);
+    let expected = 2 * subs as u64;
+    println!(
+        "upgrade subs={subs} old_pid={old} new_pid={new} serving_ms={:.1} probe_pause_ms={:.1} \
+         probe_received={} probe_expected={} probe_lost={} probe_duplicates={} probe_closed={} \
+         received={} expected={expected} lost={} duplicates={} reordered={} closed={}",
+        serving.as_secs_f64() * 1e3,
+        pause_us as f64 / 1e3,
+        p.received,
+        probe_msgs * probes as u64,
+        p.lost,
+        p.duplicates,
+        p.closed,
+        m.received,
+        expected.saturating_sub(m.received).max(m.lost),
+        m.duplicates,
+        m.reordered,
+        m.closed,
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
