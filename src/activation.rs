@@ -171,7 +171,12 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+        if flags < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Sockets handed over are non-blocking already (the flag belongs to
+        // the open file both processes share): nothing to change.
+        if flags & libc::O_NONBLOCK == 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }

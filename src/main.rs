@@ -76,14 +76,18 @@ fn main() -> ExitCode {
         succession.conns = snapshot.conns;
         succession.stored = i.stored.take();
     }
+    let started = std::time::Instant::now();
     let store = match open_store(&config, state) {
         Ok(store) => store,
         Err(e) => return fail(inheritance, e),
     };
+    let loaded = started.elapsed();
+    let adopted = succession.conns.len();
     let mut server = match Server::new(*config, store, succession) {
         Ok(server) => server,
         Err(e) => return fail(inheritance, e),
     };
+    let built = started.elapsed() - loaded;
     if let Some(i) = inheritance {
         let how = if i.direct() {
             "the previous process"
@@ -97,7 +101,10 @@ fn main() -> ExitCode {
         let frozen = taken_ms.map(mailboxd::wire::journal::from_ms);
         let pause = frozen.and_then(|t| SystemTime::now().duration_since(t).ok());
         log::info!(
-            "upgrade: took over from {how}; serving {} ms after the previous process froze",
+            "upgrade: took over from {how} (store loaded in {} ms, {adopted} connections \
+             adopted in {} ms); serving {} ms after the previous process froze",
+            loaded.as_millis(),
+            built.as_millis(),
             pause.unwrap_or_default().as_millis()
         );
     }

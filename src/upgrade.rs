@@ -109,9 +109,9 @@ pub fn spawn(
     // before the fork and is only read.
     unsafe {
         command.pre_exec(move || {
+            // FD_CLOEXEC is the only descriptor flag: cleared outright.
             for &fd in &keep {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
@@ -410,6 +410,11 @@ fn read_snapshot(mut file: File) -> Result<Snapshot, String> {
 /// Takes ownership of an inherited descriptor after checking its file type,
 /// and marks it close-on-exec again.
 pub fn adopt_fd(fd: RawFd, file_type: libc::mode_t) -> io::Result<OwnedFd> {
+    adopt(fd, file_type).map(|(fd, _)| fd)
+}
+
+/// [`adopt_fd`], also returning the file's inode (which identifies a socket).
+pub fn adopt(fd: RawFd, file_type: libc::mode_t) -> io::Result<(OwnedFd, u64)> {
     // SAFETY: fstat writes into a zeroed struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
@@ -418,13 +423,13 @@ pub fn adopt_fd(fd: RawFd, file_type: libc::mode_t) -> io::Result<OwnedFd> {
     if st.st_mode & libc::S_IFMT != file_type {
         return Err(io::Error::other("not the kind of file expected"));
     }
-    // SAFETY: fcntl on a descriptor that exists (fstat succeeded).
+    // SAFETY: fcntl on a descriptor that exists (fstat succeeded);
+    // FD_CLOEXEC is the only descriptor flag, so it is set outright.
     unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) < 0 {
+        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(OwnedFd::from_raw_fd(fd))
+        Ok((OwnedFd::from_raw_fd(fd), st.st_ino))
     }
 }
 
@@ -576,8 +581,13 @@ impl Server {
         if target == Target::ServiceManager {
             return self.store_with_service_manager(&snapshot, count, pending);
         }
+        log::debug!(
+            "upgrade: {count} connections frozen into {} bytes in {} ms",
+            snapshot.len(),
+            started.elapsed().as_millis()
+        );
         let exe = self.exe.clone().unwrap_or_default();
-        let successor = match crate::upgrade::spawn(&exe, &self.args, &snapshot, &fds) {
+        let successor = match spawn(&exe, &self.args, &snapshot, &fds) {
             Ok(s) => s,
             Err(e) => return self.abandon_upgrade(&format!("cannot start {}: {e}", exe.display())),
         };

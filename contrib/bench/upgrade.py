@@ -44,10 +44,11 @@ def one(subs, store):
     log_path = os.path.join(d, "mailboxd.log")
     args = [MAILBOXD, "--control", control, "--http", f"127.0.0.1:{port}", "--pid-file", pid_file,
             "--max-connections", "19900", "--heartbeat", "30"]
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
     if store == "state-dir":
         args += ["--state-dir", os.path.join(d, "state"), "--fsync", "never"]
     log = open(log_path, "w")
-    mb = subprocess.Popen(args, stderr=log)
+    mb = subprocess.Popen(args, stderr=log, env=env)
     wait_port(port, mb, "mailboxd")
     try:
         old_rss = None
@@ -78,9 +79,14 @@ def one(subs, store):
         if m:
             r["snapshot_per_conn"] = int(m.group(3)) / max(int(m.group(1)), 1)
             r["frozen_to_handed_ms"] = int(m.group(4))
-        m = re.search(r"serving (\d+) ms after the previous process froze", text)
+        m = re.search(r"store loaded in (\d+) ms, \d+ connections adopted in (\d+) ms\); serving (\d+) ms after", text)
         if m:
-            r["frozen_to_serving_ms"] = int(m.group(1))
+            r["store_load_ms"] = int(m.group(1))
+            r["adopt_ms"] = int(m.group(2))
+            r["frozen_to_serving_ms"] = int(m.group(3))
+        m = re.search(r"frozen into \d+ bytes in (\d+) ms", text)
+        if m:
+            r["freeze_ms"] = int(m.group(1))
         os.kill(new_pid, 15)
         for _ in range(200):
             if not os.path.exists(f"/proc/{new_pid}"):
@@ -100,7 +106,7 @@ def main():
     ap.add_argument("--stores", nargs="*", default=["memory", "state-dir"])
     a = ap.parse_args()
     build()
-    keys = ["serving_ms", "frozen_to_serving_ms", "probe_pause_ms", "snapshot_per_conn", "old_rss_kib", "new_rss_kib",
+    keys = ["serving_ms", "frozen_to_serving_ms", "freeze_ms", "store_load_ms", "adopt_ms", "probe_pause_ms", "snapshot_per_conn", "old_rss_kib", "new_rss_kib",
             "received", "expected", "lost", "duplicates", "closed", "probe_lost", "probe_duplicates", "probe_closed"]
     for store in a.stores:
         for subs in a.subs:

@@ -9,9 +9,9 @@ _mailboxd() {
         --max-subscribers --max-mailboxes --max-groups --max-message --max-memory --heartbeat
         --poll-timeout --max-output --max-connections --request-timeout --retry-ms
         --dead-peer-timeout --state-dir --fsync --compact-after --metrics --metrics-allow
-        --store --secret-file -h --help -V --version"
+        --store --secret-file --pid-file -h --help -V --version"
     case "$prev" in
-        --config|--secret-file|--control) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config|--secret-file|--control|--pid-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --state-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --fsync) COMPREPLY=($(compgen -W "always everysec never" -- "$cur")); return ;;
         --store) COMPREPLY=($(compgen -W "memory redis:// unix:" -- "$cur")); return ;;

@@ -166,15 +166,16 @@ impl Server {
                     if !seen.insert(record.fd) {
                         return Err(format!("descriptor {} handed over twice", record.fd));
                     }
-                    let fd = adopt_conn(record.fd, record.unix)
+                    let (fd, ino) = crate::upgrade::adopt(record.fd, libc::S_IFSOCK)
                         .map_err(|e| format!("connection descriptor {}: {e}", record.fd))?;
-                    if crate::upgrade::inode(fd.as_raw_fd()).ok() != Some(record.ino) {
+                    if ino != record.ino {
                         return Err(format!(
                             "descriptor {} is not the connection recorded",
                             record.fd
                         ));
                     }
-                    fd
+                    check_conn(fd, record.unix)
+                        .map_err(|e| format!("connection descriptor {}: {e}", record.fd))?
                 }
             };
             let mut socket = if record.unix {
@@ -351,12 +352,6 @@ impl Server {
         }
         true
     }
-}
-
-/// Checks an inherited descriptor is a connected stream socket of the
-/// family its record says, and takes it (close-on-exec, non-blocking).
-fn adopt_conn(fd: RawFd, unix: bool) -> std::io::Result<OwnedFd> {
-    check_conn(crate::upgrade::adopt_fd(fd, libc::S_IFSOCK)?, unix)
 }
 
 /// Checks a socket is connected, of stream type and of the family recorded,
