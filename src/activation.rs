@@ -176,7 +176,9 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         }
         // Sockets handed over are non-blocking already (the flag belongs to
         // the open file both processes share): nothing to change.
-        if flags & libc::O_NONBLOCK == 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+        if flags & libc::O_NONBLOCK == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }

@@ -225,3 +225,54 @@ fn without_room_in_the_store_sigterm_stops_cleanly() {
         srv.log()
     );
 }
+
+/// A stored snapshot that cannot be read (damaged, another version) does
+/// not keep the service from starting: the process logs it, closes the
+/// stored connections (their clients reconnect) and removes them from the
+/// store.
+#[test]
+fn a_damaged_stored_snapshot_starts_afresh() {
+    let dir = TempDir::new("fdstore-damaged");
+    let notify = dir.path().join("notify.sock");
+    let manager = Manager::bind(&notify);
+    let notify_env = notify.to_str().unwrap().to_string();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, b"MBXHAND\x01 and then nonsense").unwrap();
+    let garbage = std::fs::File::open(&garbage).unwrap();
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(peer.local_addr().unwrap()).unwrap();
+    let (stored, _) = peer.accept().unwrap();
+    let control = dir.path().join("control.sock");
+    let sockets = [
+        (http.as_raw_fd(), "http"),
+        (garbage.as_raw_fd(), "handover"),
+        (stored.as_raw_fd(), "conn"),
+    ];
+    let env = [("NOTIFY_SOCKET", notify_env.as_str()), ("FDSTORE", "100")];
+    let control_arg = control.to_str().unwrap();
+    let srv = start_activated(&sockets, &["--control", control_arg], &env, &control, 2);
+    drop(stored);
+    let notes = manager.until("READY=1");
+    let removed: Vec<&str> = notes
+        .iter()
+        .filter(|n| n.text.contains("FDSTOREREMOVE=1"))
+        .filter_map(|n| fdname(&n.text))
+        .collect();
+    assert_eq!(removed, vec!["conn", "handover"]);
+    assert!(srv.log().contains("starting afresh"), "{}", srv.log());
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        std::io::Read::read(&mut client, &mut buf).unwrap(),
+        0,
+        "the stored connection was closed"
+    );
+    // It serves.
+    let (id, _) = srv.ctl().send("alice", "fresh");
+    let mut sse = HttpStream::open(port, "/alice", &[]);
+    assert_eq!(sse.next_event().id, Some(id));
+}

@@ -361,3 +361,134 @@ fn state_dir_and_long_polls_move_too() {
     let mut sse = HttpStream::open(srv.port, "/waiting", &[]);
     assert_eq!(sse.next_event().id, Some(kept));
 }
+
+/// Runs mailboxd with `MAILBOXD_HANDOVER` naming `snapshot` at fd 3 and one
+/// end of a socket pair at 4 (plus `extra` at 5, 6, ...), as a predecessor
+/// would; returns its exit status, its stderr, and what it told the
+/// predecessor's end.
+fn inherit(snapshot: &[u8], extra: &[std::os::fd::RawFd]) -> (Option<i32>, String, String) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new("inherit");
+    let file = dir.path().join("snapshot");
+    std::fs::write(&file, snapshot).unwrap();
+    let snapshot = std::fs::File::open(&file).unwrap();
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut fds = vec![snapshot.as_raw_fd(), theirs.as_raw_fd()];
+    fds.extend_from_slice(extra);
+    let mut cmd = std::process::Command::new(bin("mailboxd"));
+    cmd.args(["--http", "127.0.0.1:0", "--control"])
+        .arg(dir.path().join("control.sock"))
+        .env("MAILBOXD_HANDOVER", "3:4");
+    // SAFETY: only fcntl and dup2 between fork and exec; each descriptor is
+    // first copied above the targets so that placing one never overwrites
+    // another.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = Vec::new();
+            for &fd in &fds {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                high.push(copy);
+            }
+            for (i, &copy) in high.iter().enumerate() {
+                if libc::dup2(copy, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    drop(theirs);
+    ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut told = String::new();
+    let _ = (&ours).read_to_string(&mut told);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        told,
+    )
+}
+
+/// What a process inherits comes from whoever starts it: garbage, a damaged
+/// snapshot, or descriptors that are not what the snapshot says are refused
+/// with a clear line (and told to the predecessor, which keeps serving),
+/// never used.
+#[test]
+fn a_hostile_inheritance_is_refused_before_anything_is_touched() {
+    use mailboxd::wire::handover::{self, ConnRecord, SessionRecord, Snapshot, StoreState};
+    use std::os::fd::AsRawFd;
+    // Not two descriptor numbers.
+    let out = std::process::Command::new(bin("mailboxd"))
+        .env("MAILBOXD_HANDOVER", "three:four")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not two descriptor numbers"));
+    // Descriptors that are not open.
+    let out = std::process::Command::new(bin("mailboxd"))
+        .env("MAILBOXD_HANDOVER", "900:901")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("snapshot descriptor 900"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Garbage, and a snapshot cut short.
+    let (code, err, told) = inherit(b"not a snapshot at all", &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a handover snapshot"), "{err}");
+    assert!(told.starts_with("Enot a handover snapshot"), "{told:?}");
+    let conn = |fd| ConnRecord {
+        fd,
+        ino: 1,
+        unix: false,
+        close_after_flush: false,
+        paused: false,
+        deadline_ms: 0,
+        out: Vec::new(),
+        input: Vec::new(),
+        session: SessionRecord::Http {
+            keep_alive: false,
+            exchange: None,
+        },
+    };
+    let valid = |conns| {
+        handover::encode(&Snapshot {
+            taken_ms: 1,
+            store: StoreState::Memory(Vec::new()),
+            listeners: Vec::new(),
+            conns,
+        })
+    };
+    let bytes = valid(vec![conn(5)]);
+    let (code, err, _) = inherit(&bytes[..bytes.len() - 3], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("damaged"), "{err}");
+
+    // A connection record naming a file that is no socket, and one naming
+    // a socket that is not the one recorded (its inode differs).
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let (code, err, told) = inherit(&valid(vec![conn(5)]), &[file.as_raw_fd()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("connection descriptor 5"), "{err}");
+    assert!(told.starts_with('E'), "{told:?}");
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(socket.local_addr().unwrap()).unwrap();
+    let (code, err, _) = inherit(&valid(vec![conn(5)]), &[client.as_raw_fd()]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is not the connection recorded"), "{err}");
+    // The same descriptor named twice.
+    let (code, err, _) = inherit(&valid(vec![conn(5), conn(5)]), &[client.as_raw_fd()]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not the connection recorded") || err.contains("twice"),
+        "{err}"
+    );
+}
