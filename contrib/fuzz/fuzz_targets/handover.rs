@@ -1,6 +1,7 @@
 //! What a new process reads from its predecessor (a binary upgrade, or
 //! systemd's file descriptor store): any bytes must decode or be refused,
-//! never panic; a snapshot that decodes must encode back to the same bytes.
+//! never panic; a snapshot that decodes must encode to bytes that decode to
+//! the same snapshot (an empty memory state has two spellings).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,7 +9,7 @@ use mailboxd::wire::handover;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = handover::decode(data) {
-        assert_eq!(handover::encode(&s), data);
+        assert_eq!(handover::decode(&handover::encode(&s)), Ok(s));
     }
     // Past the checksum: the same bytes as a body with a valid header, so
     // the fuzzer reaches the field decoding.
@@ -18,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
     framed.extend_from_slice(&(data.len() as u32).to_le_bytes());
     framed.extend_from_slice(data);
     if let Ok(s) = handover::decode(&framed) {
-        assert_eq!(handover::encode(&s), framed);
+        assert_eq!(handover::decode(&handover::encode(&s)), Ok(s));
     }
 });
