@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     let mut state = None;
     let mut taken_ms = None;
     if let Some(i) = &mut inheritance {
+        succession.direct = i.direct();
         let snapshot = std::mem::replace(&mut i.snapshot, empty_snapshot());
         taken_ms = Some(snapshot.taken_ms);
         state = Some(snapshot.store);

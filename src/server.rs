@@ -134,6 +134,9 @@ pub struct Server {
     pub(crate) notifier: Option<Notifier>,
     /// systemd passed descriptors from its store: they leave it once we serve.
     unstore: bool,
+    /// `READY=1` is not to be sent (a direct successor: systemd learns of us
+    /// through `MAINPID=` from our predecessor).
+    ready_sent: bool,
     /// The binary and arguments this process was started with: what an
     /// upgrade starts again.
     pub(crate) exe: Option<PathBuf>,
@@ -186,6 +189,7 @@ impl Server {
             conns: handed_conns,
             stored,
             unstore,
+            direct: successor,
         } = succession;
         let mut held: Vec<bool> = vec![true; inherited.len()];
         let mut handed_paths = Vec::new();
@@ -294,9 +298,11 @@ impl Server {
             exe: std::env::current_exe().ok(),
             notifier: crate::notify::Notifier::from_env(),
             unstore: false,
+            ready_sent: false,
             args: std::env::args_os().skip(1).collect(),
         };
         server.unstore = unstore;
+        server.ready_sent = successor;
         server.thaw_conns(handed_conns, stored)?;
         Ok(server)
     }
@@ -326,7 +332,9 @@ impl Server {
                     }
                 }
             }
-            if let Err(e) = n.send("READY=1\n", &[]) {
+            if !self.ready_sent
+                && let Err(e) = n.send("READY=1\n", &[])
+            {
                 log::warn!("cannot notify the service manager: {e}");
             }
         }

@@ -67,6 +67,9 @@ pub struct Succession {
     /// are removed from its store, so that a connection this process
     /// closes is closed for good.
     pub unstore: bool,
+    /// A direct predecessor (`SIGUSR2`) tells systemd our pid (`MAINPID=`);
+    /// until then systemd would not take our `READY=1`, and needs none.
+    pub direct: bool,
 }
 
 /// The variable naming the inherited snapshot and channel.
