@@ -123,6 +123,12 @@ fn a_restart_through_the_file_descriptor_store_keeps_every_connection() {
     let notes = manager.until("FDNAME=conn");
     let status = wait_for(Duration::from_secs(10), || first.child.try_wait().unwrap());
     assert!(status.success(), "{}", first.log());
+    wait_for(Duration::from_secs(5), || {
+        first
+            .log()
+            .contains("with the service manager; exiting")
+            .then_some(())
+    });
     assert!(
         first.log().contains("with the service manager; exiting"),
         "{}",
@@ -168,13 +174,13 @@ fn a_restart_through_the_file_descriptor_store_keeps_every_connection() {
         .collect();
     assert_eq!(removed, vec!["conn", "handover"]);
     drop(stored);
-    assert!(
+    // (The log is read on another thread: wait for the line.)
+    wait_for(Duration::from_secs(5), || {
         second
             .log()
-            .contains("took over from the file descriptor store"),
-        "{}",
-        second.log()
-    );
+            .contains("took over from the file descriptor store")
+            .then_some(())
+    });
 
     // The half-written command completes; the queued one is served; the
     // stream never closed and gets both, then a message after, once each.
@@ -219,11 +225,11 @@ fn without_room_in_the_store_sigterm_stops_cleanly() {
     srv.wait_info("alice", |r| r.contains("subscribers=1"));
     assert_eq!(srv.terminate(), Some(0));
     assert!(sse.closed(), "the stream was ended, as at any clean stop");
-    assert!(
-        srv.log().contains("raise FileDescriptorStoreMax"),
-        "{}",
+    wait_for(Duration::from_secs(5), || {
         srv.log()
-    );
+            .contains("raise FileDescriptorStoreMax")
+            .then_some(())
+    });
 }
 
 /// A stored snapshot that cannot be read (damaged, another version) does
@@ -261,7 +267,9 @@ fn a_damaged_stored_snapshot_starts_afresh() {
         .filter_map(|n| fdname(&n.text))
         .collect();
     assert_eq!(removed, vec!["conn", "handover"]);
-    assert!(srv.log().contains("starting afresh"), "{}", srv.log());
+    wait_for(Duration::from_secs(5), || {
+        srv.log().contains("starting afresh").then_some(())
+    });
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

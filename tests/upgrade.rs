@@ -189,7 +189,10 @@ fn sigusr2_moves_every_connection_to_the_new_binary() {
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sender.join().unwrap();
-    let log = srv.log();
+    let log = wait_for(Duration::from_secs(5), || {
+        let log = srv.log();
+        log.contains("connections (").then_some(log)
+    });
     let (moved, pending) = handed(&log);
     assert!(moved >= (DIRECT + NGINX + 4 + 2) as u64, "{log}");
     assert!(pending > 0, "some output was waiting in mailboxd: {log}");
