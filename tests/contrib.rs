@@ -72,7 +72,7 @@ fn socket_units_verify_and_name_their_sockets_for_mailboxd() {
     std::fs::write(dir.path().join("mailboxd.service"), service).unwrap();
     for (unit, name) in [
         ("mailboxd-control.socket", "control"),
-        ("mailboxd-fastcgi.socket", "fastcgi"),
+        ("mailboxd.socket", "fastcgi"),
     ] {
         let text = std::fs::read_to_string(contrib(&format!("systemd/{unit}"))).unwrap();
         assert!(

@@ -566,7 +566,10 @@ impl JournaledStore {
 
 impl MailboxStore for JournaledStore {
     fn handover(&mut self) -> Handover {
-        self.compact();
+        if self.compaction.is_some() {
+            // Only finishes one under way; never starts one now.
+            self.compact();
+        }
         if self.compaction.is_some() || !self.held.is_empty() || !self.ready.is_empty() {
             return Handover::Busy;
         }
