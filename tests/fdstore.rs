@@ -99,6 +99,16 @@ fn fdname(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("FDNAME="))
 }
 
+/// The names a new process removed from the store, until it said it is ready.
+fn removed_until_ready(manager: &Manager) -> Vec<String> {
+    manager
+        .until("READY=1")
+        .iter()
+        .filter(|n| n.text.contains("FDSTOREREMOVE=1"))
+        .filter_map(|n| fdname(&n.text).map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn a_restart_through_the_file_descriptor_store_keeps_every_connection() {
     let dir = TempDir::new("fdstore");
@@ -166,13 +176,7 @@ fn a_restart_through_the_file_descriptor_store_keeps_every_connection() {
         .map(|(n, fd)| (fd.as_raw_fd(), n.as_str()))
         .collect();
     let second = start_activated(&sockets, &args, &env, &first.control, 2);
-    let notes = manager.until("READY=1");
-    let removed: Vec<&str> = notes
-        .iter()
-        .filter(|n| n.text.contains("FDSTOREREMOVE=1"))
-        .filter_map(|n| fdname(&n.text))
-        .collect();
-    assert_eq!(removed, vec!["conn", "handover"]);
+    assert_eq!(removed_until_ready(&manager), vec!["conn", "handover"]);
     drop(stored);
     // (The log is read on another thread: wait for the line.)
     wait_for(Duration::from_secs(5), || {
@@ -260,13 +264,7 @@ fn a_damaged_stored_snapshot_starts_afresh() {
     let control_arg = control.to_str().unwrap();
     let srv = start_activated(&sockets, &["--control", control_arg], &env, &control, 2);
     drop(stored);
-    let notes = manager.until("READY=1");
-    let removed: Vec<&str> = notes
-        .iter()
-        .filter(|n| n.text.contains("FDSTOREREMOVE=1"))
-        .filter_map(|n| fdname(&n.text))
-        .collect();
-    assert_eq!(removed, vec!["conn", "handover"]);
+    assert_eq!(removed_until_ready(&manager), vec!["conn", "handover"]);
     wait_for(Duration::from_secs(5), || {
         srv.log().contains("starting afresh").then_some(())
     });

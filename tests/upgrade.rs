@@ -371,7 +371,6 @@ fn state_dir_and_long_polls_move_too() {
 /// predecessor's end.
 fn inherit(snapshot: &[u8], extra: &[std::os::fd::RawFd]) -> (Option<i32>, String, String) {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let dir = TempDir::new("inherit");
     let file = dir.path().join("snapshot");
     std::fs::write(&file, snapshot).unwrap();
@@ -383,27 +382,7 @@ fn inherit(snapshot: &[u8], extra: &[std::os::fd::RawFd]) -> (Option<i32>, Strin
     cmd.args(["--http", "127.0.0.1:0", "--control"])
         .arg(dir.path().join("control.sock"))
         .env("MAILBOXD_HANDOVER", "3:4");
-    // SAFETY: only fcntl and dup2 between fork and exec; each descriptor is
-    // first copied above the targets so that placing one never overwrites
-    // another.
-    unsafe {
-        cmd.pre_exec(move || {
-            let mut high = Vec::new();
-            for &fd in &fds {
-                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-                if copy < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high.push(copy);
-            }
-            for (i, &copy) in high.iter().enumerate() {
-                if libc::dup2(copy, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    pass_fds(&mut cmd, fds);
     let out = cmd.output().unwrap();
     drop(theirs);
     ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

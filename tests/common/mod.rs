@@ -248,7 +248,6 @@ pub fn start_activated(
     control: &Path,
     listeners: usize,
 ) -> Mailboxd {
-    use std::os::unix::process::CommandExt;
     let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|s| s.0).collect();
     let names: Vec<&str> = sockets.iter().map(|s| s.1).collect();
     let mut cmd = Command::new("sh");
@@ -260,10 +259,17 @@ pub fn start_activated(
         .envs(env.iter().copied())
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"));
+    pass_fds(&mut cmd, fds);
+    Mailboxd::spawn(cmd, TempDir::new("act"), control.to_path_buf(), listeners)
+}
+
+/// Makes `cmd`'s process find `fds` at 3, 4, ... (as systemd or a
+/// predecessor passes them); the originals here keep close-on-exec.
+pub fn pass_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec only fcntl and dup2, which are
-    // async-signal-safe. Each socket is first copied above every target
-    // number, so that placing one never overwrites another; the copies at
-    // 3, 4, ... lose close-on-exec, the originals keep it.
+    // async-signal-safe. Each descriptor is first copied above every target
+    // number, so that placing one never overwrites another.
     unsafe {
         cmd.pre_exec(move || {
             let above = 3 + fds.len() as i32 + 16;
@@ -283,7 +289,6 @@ pub fn start_activated(
             Ok(())
         });
     }
-    Mailboxd::spawn(cmd, TempDir::new("act"), control.to_path_buf(), listeners)
 }
 
 /// A process the test did not start itself (the new mailboxd after an
