@@ -30,6 +30,13 @@
 //! (`handover`, a memfd) with `FDSTORE=1`, and exits; the next process gets
 //! them back by name, finds each connection by its socket's inode, and
 //! removes them from the store once it serves.
+//!
+//! This file holds both ends: the old process's (freezing at the end of a
+//! loop turn, [`Server::try_upgrade`], starting the new one and waiting for
+//! it, or storing everything with systemd) and the new process's
+//! ([`Inheritance`]: what it was handed, and its confirmation). Turning
+//! connections into records and back is [`crate::session`]'s; the snapshot's
+//! bytes are [`crate::wire::handover`]'s.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -40,9 +47,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::Duration;
-
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::activation::{Inherited, Passed};
 use crate::conn::{Close, Session, Socket};
@@ -77,7 +82,7 @@ pub const ENV: &str = "MAILBOXD_HANDOVER";
 
 /// How long the new process may take to start, load the state and adopt
 /// every connection: a journal replays in well under a second, and 19,000
-/// connections are adopted in tens of milliseconds.
+/// connections are adopted in about 100 ms (docs/upgrade.md).
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long each side waits for the other's next step once both are up.
