@@ -27,7 +27,7 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -848,8 +848,16 @@ impl Server {
         let Some(path) = &self.config.pid_file else {
             return;
         };
+        // The temporary file is created anew, never opened through a link
+        // someone left there (a root daemon would write through it).
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-        let written = std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .and_then(|mut f| writeln!(f, "{}", std::process::id()))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             log::error!("cannot write pid file {}: {e}", path.display());

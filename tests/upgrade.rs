@@ -474,3 +474,20 @@ fn a_hostile_inheritance_is_refused_before_anything_is_touched() {
         "{err}"
     );
 }
+
+/// A link planted where the pid file's temporary copy goes is not written
+/// through (mailboxd often runs as root): the victim stays as it was.
+#[test]
+fn the_pid_file_is_never_written_through_a_planted_link() {
+    let dir = TempDir::new("pidfile");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let pid_file = dir.path().join("mailboxd.pid");
+    std::os::unix::fs::symlink(&victim, dir.path().join("mailboxd.pid.tmp")).unwrap();
+    let mut srv = Mailboxd::start(&["--pid-file", pid_file.to_str().unwrap()]);
+    let pid = wait_for(Duration::from_secs(5), || read_pid(&pid_file));
+    assert_eq!(pid, srv.child.id());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(srv.terminate(), Some(0));
+    assert!(!pid_file.exists(), "removed at a clean stop");
+}
