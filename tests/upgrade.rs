@@ -491,3 +491,36 @@ fn the_pid_file_is_never_written_through_a_planted_link() {
     assert_eq!(srv.terminate(), Some(0));
     assert!(!pid_file.exists(), "removed at a clean stop");
 }
+
+/// Sockets systemd passed (socket activation) move in an upgrade like any
+/// listener, and stay systemd's: after the new process stops, the held
+/// socket's file is still there and still accepts.
+#[test]
+fn socket_activated_listeners_move_and_stay_the_service_managers() {
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("upgrade-activated");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    let control_path = dir.path().join("control.sock");
+    let control = std::os::unix::net::UnixListener::bind(&control_path).unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut srv = start_activated(
+        &[(http.as_raw_fd(), "http"), (control.as_raw_fd(), "control")],
+        &["--pid-file", pid_file.to_str().unwrap()],
+        &[],
+        &control_path,
+        2,
+    );
+    let mut sse = HttpStream::open(port, "/alice", &[]);
+    srv.wait_info("alice", |r| r.contains("subscribers=1"));
+    let new = upgrade(&mut srv, &pid_file);
+    let (id, live) = Ctl::connect(&control_path).send("alice", "after");
+    assert_eq!(live, 1);
+    assert_eq!(sse.next_event().id, Some(id));
+    drop(new);
+    assert!(
+        control_path.exists(),
+        "the held socket's file is not removed"
+    );
+    std::os::unix::net::UnixStream::connect(&control_path).expect("still accepting (queued)");
+}
