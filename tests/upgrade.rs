@@ -92,7 +92,7 @@ fn sigusr2_moves_every_connection_to_the_new_binary() {
     const DIRECT: usize = 1000;
     const NGINX: usize = 200;
     const BIG: usize = 60_000;
-    const BIGS: usize = 100;
+    const BIGS: usize = 160;
     let dir = TempDir::new("upgrade");
     let fcgi = dir.path().join("fastcgi.sock");
     let pid_file = dir.path().join("mailboxd.pid");
@@ -105,7 +105,7 @@ fn sigusr2_moves_every_connection_to_the_new_binary() {
         "--socket-mode",
         "0666",
         "--max-output",
-        "8388608",
+        "16777216",
         "--retain",
         "100",
         "--retain-bytes",
@@ -138,7 +138,7 @@ fn sigusr2_moves_every_connection_to_the_new_binary() {
         assert_eq!(c.next_event().data, "before");
     }
 
-    // Four clients that do not read while 6 MB each is sent to them (more
+    // Four clients that do not read while 9.6 MB each is sent to them (more
     // than the kernel buffers hold, so some waits in mailboxd):
     // two direct, two through nginx (whose 512-byte buffer stops reading
     // from mailboxd when its client does not read).
