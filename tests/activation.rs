@@ -9,7 +9,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -83,65 +82,44 @@ fn connections_made_while_mailboxd_is_down_are_served_by_the_next_one() {
     assert!(after > ev.id.unwrap());
 }
 
+/// Starts mailboxd with `fds` passed as `LISTEN_FDNAMES=names` (and
+/// `LISTEN_FDS=count`); it must refuse to start: returns its stderr.
+fn refused(fds: Vec<RawFd>, names: &str, count: usize) -> String {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\""])
+        .arg(bin("mailboxd"))
+        .env("LISTEN_FDS", count.to_string())
+        .env("LISTEN_FDNAMES", names);
+    pass_fds(&mut cmd, fds);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
+}
+
 #[test]
 fn a_socket_named_for_no_listener_kind_is_refused_at_start() {
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let fd = http.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-        .arg(bin("mailboxd"))
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "websocket");
-    // SAFETY: as above.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("'websocket' is not a listener kind"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = refused(vec![http.as_raw_fd()], "websocket", 1);
+    assert!(err.contains("'websocket' is not a listener kind"), "{err}");
 }
 
 #[test]
 fn a_passed_descriptor_that_is_no_listening_socket_is_refused_at_start() {
     let file = std::fs::File::open("/dev/null").unwrap();
-    let fd = file.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
-        .arg(bin("mailboxd"))
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "http");
-    // SAFETY: only dup2 between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused(vec![file.as_raw_fd()], "http", 1);
     assert!(err.contains("inherited socket 3 (http)"), "{err}");
+    // A stored connection that is no socket, a stored snapshot that is no
+    // file.
+    let err = refused(vec![file.as_raw_fd()], "conn", 1);
+    assert!(err.contains("stored connection 3"), "{err}");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = refused(vec![http.as_raw_fd()], "handover", 1);
+    assert!(err.contains("stored snapshot 3"), "{err}");
     // Named sockets must match the count.
-    let out = Command::new("sh")
-        .args(["-c", "LISTEN_PID=$$ exec \"$0\""])
-        .arg(bin("mailboxd"))
-        .env("LISTEN_FDS", "2")
-        .env("LISTEN_FDNAMES", "http")
-        .output()
-        .unwrap();
+    let err = refused(Vec::new(), "http", 2);
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("LISTEN_FDNAMES names 1 sockets, LISTEN_FDS passes 2")
+        err.contains("LISTEN_FDNAMES names 1 sockets, LISTEN_FDS passes 2"),
+        "{err}"
     );
 }

@@ -384,7 +384,7 @@ fn the_chat_demo_in_a_real_browser() {
     let mut children = Stopped(vec![chat]);
     let dir = TempDir::new("demo");
     let port = free_port();
-    let mbx = srv.addr("http").rsplit(':').next().unwrap().to_string();
+    let mbx = srv.port_of("http").to_string();
     let conf = contrib_config(
         "demo/nginx.conf",
         &[

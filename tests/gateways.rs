@@ -208,7 +208,7 @@ fn through_lighttpd(file: &str, gateway: &str) {
     let upstream = if unix {
         sock.display().to_string()
     } else {
-        srv.addr(gateway).rsplit(':').next().unwrap().to_string()
+        srv.port_of(gateway).to_string()
     };
     let web = WebServer::lighttpd(file, &upstream);
     let delay = suite(&srv, web.port, &web.name);
@@ -276,13 +276,7 @@ fn lighttpd_fastcgi_unix() {
 /// Apache and Caddy, from the shipped configs, over TCP.
 fn through(server: &str, gateway: &str) -> Duration {
     let srv = mailboxd(gateway, "127.0.0.1:0");
-    let upstream: u16 = srv
-        .addr(gateway)
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let upstream = srv.port_of(gateway);
     let web = match server {
         "apache" => WebServer::apache(gateway, upstream),
         _ => WebServer::caddy(gateway, upstream),
@@ -352,7 +346,7 @@ fn retry_while_down(server: &str, gateways: &[&str]) {
     for &gateway in gateways {
         let mut srv = mailboxd(gateway, "127.0.0.1:0");
         let upstream = srv.addr(gateway);
-        let port: u16 = upstream.rsplit(':').next().unwrap().parse().unwrap();
+        let port = srv.port_of(gateway);
         let web = match server {
             "nginx" => WebServer::nginx(gateway, &upstream),
             "lighttpd" => WebServer::lighttpd(gateway, &port.to_string()),

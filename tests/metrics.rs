@@ -27,20 +27,10 @@ fn sample(page: &str, name: &str) -> f64 {
         .unwrap()
 }
 
-fn scrape(port: u16, path: &str) -> (u16, String, String) {
-    get(port, path)
-}
-
 #[test]
 fn the_page_passes_promtool_under_traffic_and_counts_what_happened() {
     let srv = Mailboxd::start(&["--metrics", "127.0.0.1:0"]);
-    let metrics: u16 = srv
-        .addr("metrics")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = srv.port_of("metrics");
     let mut ctl = srv.ctl();
     let (first, _) = ctl.send("alice", "one");
     let mut a = HttpStream::open(
@@ -65,7 +55,7 @@ fn the_page_passes_promtool_under_traffic_and_counts_what_happened() {
     let (_, _, body) = get(srv.port, "/comet/alice?transport=poll&since=1");
     assert!(body.contains("\"gap\":true"));
 
-    let (status, head, page) = scrape(metrics, "/metrics");
+    let (status, head, page) = get(metrics, "/metrics");
     assert_eq!(status, 200, "{page}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     let mut check = Command::new(promtool())
@@ -133,22 +123,16 @@ fn the_page_passes_promtool_under_traffic_and_counts_what_happened() {
     assert_eq!(field(&stats, "delivered"), Some(6));
     assert_eq!(field(&stats, "subscribers"), Some(3));
     // The scrape itself is counted; other paths are not the page.
-    let (_, _, again) = scrape(metrics, "/metrics");
+    let (_, _, again) = get(metrics, "/metrics");
     assert_eq!(sample(&again, "mailboxd_metrics_scrapes_total"), 2.0);
-    let (status, _, _) = scrape(metrics, "/comet/alice");
+    let (status, _, _) = get(metrics, "/comet/alice");
     assert_eq!(status, 404);
 }
 
 #[test]
 fn only_allowed_peers_may_fetch_metrics() {
     let srv = Mailboxd::start(&["--metrics", "127.0.0.1:0", "--metrics-allow", "10.0.0.0/8"]);
-    let metrics: u16 = srv
-        .addr("metrics")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = srv.port_of("metrics");
     let mut s = request(metrics, "/metrics", &[]);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
@@ -200,13 +184,7 @@ fn the_shipped_dashboard_queries_parse_and_name_real_metrics() {
     );
     // And every metric they name is on a live page.
     let srv = Mailboxd::start(&["--metrics", "127.0.0.1:0"]);
-    let metrics: u16 = srv
-        .addr("metrics")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = srv.port_of("metrics");
     let (_, _, page) = get(metrics, "/metrics");
     for e in &exprs {
         for name in e
@@ -224,13 +202,7 @@ fn the_shipped_dashboard_queries_parse_and_name_real_metrics() {
 #[test]
 fn scrapers_past_the_connection_cap_are_turned_away_and_the_rest_served() {
     let srv = Mailboxd::start(&["--metrics", "127.0.0.1:0"]);
-    let metrics: u16 = srv
-        .addr("metrics")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let metrics = srv.port_of("metrics");
     let mut ctl = srv.ctl();
     let accepted = field(&ctl.cmd("STATS"), "accepted").unwrap();
     // 16 scrapers that never send their request hold every slot.

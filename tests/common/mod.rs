@@ -159,6 +159,15 @@ impl Mailboxd {
             .expect("listener")
     }
 
+    /// The TCP port of the first listener of `role`.
+    pub fn port_of(&self, role: &str) -> u16 {
+        let addr = self.addr(role);
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{role} listens on {addr}, not a TCP port"))
+    }
+
     pub fn ctl(&self) -> Ctl {
         Ctl::connect(&self.control)
     }
