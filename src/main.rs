@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use mailboxd::config::{self, Command, Config};
 use mailboxd::server::Server;
 use mailboxd::store::{JournalConfig, JournaledStore, MailboxStore, MemoryStore, RedisStore};
-use mailboxd::upgrade::{Inheritance, Succession, empty_snapshot};
+use mailboxd::upgrade::{Inheritance, Succession};
 use mailboxd::wire::handover::StoreState;
 
 fn main() -> ExitCode {
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let mut taken_ms = None;
     if let Some(i) = &mut inheritance {
         succession.direct = i.direct();
-        let snapshot = std::mem::replace(&mut i.snapshot, empty_snapshot());
+        let snapshot = std::mem::take(&mut i.snapshot);
         taken_ms = Some(snapshot.taken_ms);
         state = Some(snapshot.store);
         succession.handed_listeners = snapshot.listeners;

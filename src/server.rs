@@ -134,9 +134,9 @@ pub struct Server {
     pub(crate) notifier: Option<Notifier>,
     /// systemd passed descriptors from its store: they leave it once we serve.
     unstore: bool,
-    /// `READY=1` is not to be sent (a direct successor: systemd learns of us
-    /// through `MAINPID=` from our predecessor).
-    ready_sent: bool,
+    /// A direct successor (`SIGUSR2`): systemd learns of us through
+    /// `MAINPID=` from our predecessor, so no `READY=1` is sent.
+    direct_successor: bool,
     /// The binary and arguments this process was started with: what an
     /// upgrade starts again.
     pub(crate) exe: Option<PathBuf>,
@@ -298,11 +298,11 @@ impl Server {
             exe: std::env::current_exe().ok(),
             notifier: crate::notify::Notifier::from_env(),
             unstore: false,
-            ready_sent: false,
+            direct_successor: false,
             args: std::env::args_os().skip(1).collect(),
         };
         server.unstore = unstore;
-        server.ready_sent = successor;
+        server.direct_successor = successor;
         server.thaw_conns(handed_conns, stored)?;
         Ok(server)
     }
@@ -332,7 +332,7 @@ impl Server {
                     }
                 }
             }
-            if !self.ready_sent
+            if !self.direct_successor
                 && let Err(e) = n.send("READY=1\n", &[])
             {
                 log::warn!("cannot notify the service manager: {e}");

@@ -235,7 +235,7 @@ impl Inheritance {
         let channel = adopt_fd(channel_fd, libc::S_IFSOCK)
             .map_err(|e| format!("{ENV}: channel descriptor {channel_fd}: {e}"))?;
         let mut inheritance = Inheritance {
-            snapshot: empty_snapshot(),
+            snapshot: Snapshot::default(),
             channel: Some(UnixStream::from(channel)),
             stored: None,
         };
@@ -373,16 +373,6 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-/// A snapshot with nothing in it, standing in until the real one is read.
-pub fn empty_snapshot() -> Snapshot {
-    Snapshot {
-        taken_ms: 0,
-        store: handover::StoreState::Memory(Vec::new()),
-        listeners: Vec::new(),
-        conns: Vec::new(),
-    }
-}
-
 /// The inode of the file (socket) behind `fd`: it identifies a socket
 /// whatever its descriptor number.
 pub fn inode(fd: RawFd) -> io::Result<u64> {
@@ -392,12 +382,6 @@ pub fn inode(fd: RawFd) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.st_ino)
-}
-
-/// An anonymous in-memory file holding `bytes`, positioned at its start:
-/// how a snapshot travels.
-pub fn snapshot_file(bytes: &[u8]) -> io::Result<OwnedFd> {
-    memfd(bytes)
 }
 
 /// Reads a whole snapshot from its memfd, bounded by [`MAX_SNAPSHOT`].
@@ -441,7 +425,8 @@ pub fn adopt(fd: RawFd, file_type: libc::mode_t) -> io::Result<(OwnedFd, u64)> {
     }
 }
 
-/// An anonymous in-memory file holding `bytes`, positioned at its start.
+/// An anonymous in-memory file holding `bytes`, positioned at its start:
+/// how a snapshot travels.
 fn memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     // SAFETY: memfd_create with a static NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"mailboxd-handover".as_ptr(), libc::MFD_CLOEXEC) };
@@ -640,7 +625,7 @@ impl Server {
                 Socket::Unix(s) => s.as_raw_fd(),
             })
             .collect();
-        let stored = crate::upgrade::snapshot_file(snapshot).and_then(|memfd| {
+        let stored = memfd(snapshot).and_then(|memfd| {
             n.store("handover", &[memfd.as_raw_fd()])?;
             for l in self.listeners.iter().filter(|l| !l.held) {
                 let fd = match &l.socket {

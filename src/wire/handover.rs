@@ -53,7 +53,8 @@ const MAX_CONNS: u32 = 1 << 22;
 /// How the store's state reaches the new process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreState {
-    /// In memory, as journal records replayed by the new process.
+    /// In memory, as journal records replayed by the new process (none:
+    /// an empty store).
     Memory(Vec<u8>),
     /// On disk in the state directory; the new process inherits its lock.
     Journal {
@@ -66,6 +67,12 @@ pub enum StoreState {
         /// The instance name.
         instance: String,
     },
+}
+
+impl Default for StoreState {
+    fn default() -> StoreState {
+        StoreState::Memory(Vec::new())
+    }
 }
 
 /// One listening socket.
@@ -178,7 +185,7 @@ pub struct ConnRecord {
 }
 
 /// Everything the new process needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// When it was taken (wall clock, ms).
     pub taken_ms: u64,
