@@ -99,6 +99,28 @@ fn fdname(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("FDNAME="))
 }
 
+/// Sends SIGTERM and receives what mailboxd stores, until it has exited.
+fn into_store(manager: &Manager, srv: &mut Mailboxd) -> Vec<(String, OwnedFd)> {
+    signal(srv.child.id(), "TERM");
+    let notes = manager.until("FDNAME=conn");
+    let status = wait_for(Duration::from_secs(10), || srv.child.try_wait().unwrap());
+    assert!(status.success(), "{}", srv.log());
+    wait_for(Duration::from_secs(5), || {
+        srv.log()
+            .contains("with the service manager; exiting")
+            .then_some(())
+    });
+    let mut stored = Vec::new();
+    for note in notes {
+        assert!(note.text.contains("FDSTORE=1"), "{}", note.text);
+        let name = fdname(&note.text).unwrap().to_string();
+        for fd in note.fds {
+            stored.push((name.clone(), fd));
+        }
+    }
+    stored
+}
+
 /// The names a new process removed from the store, until it said it is ready.
 fn removed_until_ready(manager: &Manager) -> Vec<String> {
     manager
@@ -129,29 +151,7 @@ fn a_restart_through_the_file_descriptor_store_keeps_every_connection() {
     half.write(b"SEND alice 6\nacr");
     std::thread::sleep(Duration::from_millis(100));
 
-    signal(first.child.id(), "TERM");
-    let notes = manager.until("FDNAME=conn");
-    let status = wait_for(Duration::from_secs(10), || first.child.try_wait().unwrap());
-    assert!(status.success(), "{}", first.log());
-    wait_for(Duration::from_secs(5), || {
-        first
-            .log()
-            .contains("with the service manager; exiting")
-            .then_some(())
-    });
-    assert!(
-        first.log().contains("with the service manager; exiting"),
-        "{}",
-        first.log()
-    );
-    let mut stored: Vec<(String, OwnedFd)> = Vec::new();
-    for note in notes {
-        assert!(note.text.contains("FDSTORE=1"), "{}", note.text);
-        let name = fdname(&note.text).unwrap().to_string();
-        for fd in note.fds {
-            stored.push((name.clone(), fd));
-        }
-    }
+    let mut stored = into_store(&manager, &mut first);
     let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
     for want in ["handover", "http", "control"] {
         assert_eq!(names.iter().filter(|n| **n == want).count(), 1, "{names:?}");
@@ -281,4 +281,86 @@ fn a_damaged_stored_snapshot_starts_afresh() {
     let (id, _) = srv.ctl().send("alice", "fresh");
     let mut sse = HttpStream::open(port, "/alice", &[]);
     assert_eq!(sse.next_event().id, Some(id));
+}
+
+/// A client that leaves while systemd holds its connection: systemd drops
+/// the socket (it watches stored ones for hang-ups, as this test does with
+/// `POLLRDHUP`), and the next process skips its record and serves the rest.
+#[test]
+fn a_client_that_left_while_stored_is_skipped() {
+    let dir = TempDir::new("fdstore-left");
+    let notify = dir.path().join("notify.sock");
+    let manager = Manager::bind(&notify);
+    let notify_env = notify.to_str().unwrap().to_string();
+    let env = [("NOTIFY_SOCKET", notify_env.as_str()), ("FDSTORE", "1000")];
+    let mut first = Mailboxd::start_env(&["--http", "127.0.0.1:0"], &env);
+    manager.until("READY=1");
+    let mut stays = HttpStream::open(first.port, "/alice", &[]);
+    let leaves = request(first.port, "/bob", &[]);
+    first.wait_info("bob", |r| r.contains("subscribers=1"));
+    let stored = into_store(&manager, &mut first);
+    drop(leaves);
+    std::thread::sleep(Duration::from_millis(100));
+    let kept: Vec<(String, OwnedFd)> = stored
+        .into_iter()
+        .filter(|(name, fd)| {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: polling one descriptor we hold, without waiting.
+            unsafe { libc::poll(&mut p, 1, 0) };
+            name != "conn" || p.revents & (libc::POLLRDHUP | libc::POLLHUP) == 0
+        })
+        .collect();
+    assert_eq!(kept.iter().filter(|(n, _)| n == "conn").count(), 1);
+    let sockets: Vec<(RawFd, &str)> = kept
+        .iter()
+        .map(|(n, fd)| (fd.as_raw_fd(), n.as_str()))
+        .collect();
+    let second = start_activated(&sockets, &[], &env, &first.control, 2);
+    removed_until_ready(&manager);
+    wait_for(Duration::from_secs(5), || {
+        second
+            .log()
+            .contains("1 connections handed over had closed meanwhile")
+            .then_some(())
+    });
+    let (id, live) = second.ctl().send("alice", "still here");
+    assert_eq!(live, 1);
+    assert_eq!(stays.next_event().id, Some(id));
+}
+
+/// A service manager that cannot be reached (a notify socket nobody reads,
+/// or a name that is not a socket address): SIGTERM stops cleanly, as it
+/// does without one; nothing is left half stored.
+#[test]
+fn an_unreachable_service_manager_means_a_clean_stop() {
+    let dir = TempDir::new("fdstore-gone");
+    let gone = dir.path().join("gone.sock");
+    drop(Manager::bind(&gone));
+    let gone = gone.to_str().unwrap().to_string();
+    for (socket, says) in [
+        (
+            gone.as_str(),
+            "cannot store the connections with the service manager",
+        ),
+        (
+            "relative/notify.sock",
+            "NOTIFY_SOCKET is neither a path nor an abstract name",
+        ),
+    ] {
+        let mut srv = Mailboxd::start_env(
+            &["--http", "127.0.0.1:0"],
+            &[("NOTIFY_SOCKET", socket), ("FDSTORE", "1000")],
+        );
+        let mut sse = HttpStream::open(srv.port, "/alice", &[]);
+        srv.wait_info("alice", |r| r.contains("subscribers=1"));
+        assert_eq!(srv.terminate(), Some(0), "{socket}");
+        assert!(sse.closed(), "{socket}: the stream was ended cleanly");
+        wait_for(Duration::from_secs(5), || {
+            srv.log().contains(says).then_some(())
+        });
+    }
 }

@@ -762,3 +762,38 @@ fn an_upgraded_instance_keeps_its_name_and_its_streams() {
     assert_eq!(live, 1, "counted once, under the instance's one name");
     assert_eq!(sse.next_event().data, "after");
 }
+
+/// While Redis is unreachable an upgrade is refused (the new process could
+/// reopen nothing): the old process keeps every connection and serves on
+/// once Redis is back.
+#[test]
+fn an_upgrade_while_redis_is_down_is_refused() {
+    let mut redis = Redis::start();
+    let mut a = instances(&redis, 1, &[]).pop().unwrap();
+    let mut sse = subscribe(&a, "/comet/alice", &[]);
+    redis.stop();
+    wait_for(Duration::from_secs(10), || {
+        a.ctl()
+            .cmd("SEND alice 1\nx")
+            .starts_with("ERR UNAVAILABLE")
+            .then_some(())
+    });
+    signal(a.child.id(), "USR2");
+    wait_for(Duration::from_secs(10), || {
+        a.log()
+            .contains("upgrade abandoned: Redis is unreachable")
+            .then_some(())
+    });
+    assert!(
+        a.child.try_wait().unwrap().is_none(),
+        "the old process stays"
+    );
+    redis.run();
+    let (id, live) = wait_for(Duration::from_secs(15), || {
+        let r = a.ctl().cmd("SEND alice 4\nback");
+        r.starts_with("OK").then(|| parse_ok2(&r))
+    });
+    assert_eq!(live, 1, "the stream was kept");
+    assert_eq!(sse.next_event().id, Some(id));
+    assert_eq!(a.terminate(), Some(0));
+}

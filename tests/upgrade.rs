@@ -297,6 +297,11 @@ fn a_new_binary_that_fails_leaves_the_old_one_serving() {
             "the store changed",
         ),
         ("exec sleep 60", "not ready within 10 s"),
+        (
+            // Says it is ready, then never confirms it took over.
+            "exec python3 -c 'import os, time; os.write(int(os.environ[\"MAILBOXD_HANDOVER\"].split(\":\")[1]), b\"R\"); time.sleep(60)'",
+            "did not confirm it took over",
+        ),
     ];
     for (n, (script, why)) in cases.iter().enumerate() {
         replace_with_script(&exe, script);
