@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import BENCH, HERE, MAILBOXD, ROOT, free_port, wait_port  # noqa: E402
+from compare import BENCH, HERE, MAILBOXD, build, free_port, wait_port  # noqa: E402
 
 
 def total_ir(path):
@@ -70,8 +70,7 @@ def main():
     ap.add_argument("--subs", type=int, default=1000)
     ap.add_argument("--only", choices=["mailboxd", "nchan"], help="count one server only")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")], check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(HERE, "Cargo.toml")], check=True)
+    build()
     deliveries = a.subs * 20
     result = {}
     for kind in [a.only] if a.only else ["mailboxd", "nchan"]:

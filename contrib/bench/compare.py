@@ -228,6 +228,29 @@ def run_pipeline():
         srv.stop()
 
 
+def build():
+    """Builds mailboxd and mbx-bench (release), as every benchmark needs."""
+    for manifest in (os.path.join(ROOT, "Cargo.toml"), os.path.join(HERE, "Cargo.toml")):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", manifest], check=True)
+
+
+def table_row(rows, kinds, name, unit, results, key, fmt="{:.0f}", scale=1.0):
+    """Appends (and prints) one row: per kind the median of `key` over the
+    runs, min–max in brackets, then the first kind divided by the last."""
+    cells, meds = [], {}
+    for k in kinds:
+        vals = [r[key] * scale for r in results.get(k, [])]
+        if vals:
+            meds[k], text = summarize(vals, fmt)
+        else:
+            text = "n/a"
+        cells.append(text)
+    first, last = kinds[0], kinds[-1]
+    ratio = f"{meds[first] / meds[last]:.2f}×" if meds.get(last) and first in meds else "–"
+    rows.append((f"{name} ({unit})", *cells, ratio))
+    print("  ", rows[-1], flush=True)
+
+
 def summarize(values, fmt="{:.0f}"):
     med = statistics.median(values)
     if len(values) == 1:
@@ -247,8 +270,7 @@ def main():
             sys.exit(f"{tool} is needed: apt-get install nginx libnginx-mod-nchan")
     if not os.path.exists("/usr/lib/nginx/modules/ngx_nchan_module.so"):
         sys.exit("Nchan is needed: apt-get install libnginx-mod-nchan")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")], check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(HERE, "Cargo.toml")], check=True)
+    build()
 
     hold_n = 2000 if a.quick else 19000
     fan_sizes = [500, 2000] if a.quick else [1000, 10000, 18000]
@@ -262,17 +284,7 @@ def main():
     rows = []
 
     def row(name, unit, results, key, fmt="{:.0f}"):
-        cells, meds = [], {}
-        for k in kinds:
-            vals = [r[key] for r in results.get(k, [])]
-            if vals:
-                meds[k], text = summarize(vals, fmt)
-            else:
-                text = "n/a"
-            cells.append(text)
-        ratio = f"{meds['direct'] / meds['nchan']:.2f}×" if meds.get("nchan") and "direct" in meds else "–"
-        rows.append((f"{name} ({unit})", *cells, ratio))
-        print("  ", rows[-1], flush=True)
+        table_row(rows, kinds, name, unit, results, key, fmt)
 
     wanted = set(a.only or ["hold", "fanout", "throughput", "pipeline"])
     if "hold" in wanted:

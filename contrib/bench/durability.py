@@ -31,10 +31,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-BENCH = os.path.join(HERE, "target", "release", "mbx-bench")
-MAILBOXD = os.path.join(ROOT, "target", "release", "mailboxd")
+from compare import BENCH, MAILBOXD, build
 REDIS_MODES = {"never": "no", "everysec": "everysec", "always": "always"}
 
 
@@ -167,8 +164,7 @@ def main():
     for tool in ("redis-server", "redis-benchmark"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install redis-server redis-tools")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")], check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(HERE, "Cargo.toml")], check=True)
+    build()
     print("| fsync | backends | mailboxd SENDs/s | Redis LPUSH/s (AOF) | mailboxd / Redis | mailboxd syncs/s | journal bytes per message |")
     print("|---|---|---|---|---|---|---|")
     for fsync in ("never", "everysec", "always"):

@@ -110,8 +110,7 @@ def main():
     for tool in ("nginx", "lighttpd"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install nginx lighttpd libnginx-mod-nchan")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")], check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(compare.HERE, "Cargo.toml")], check=True)
+    compare.build()
     rows = []
     for server, gateway in FRONTS + [("nchan", "")]:
         label = "nginx + Nchan" if server == "nchan" else f"{server} {gateway} (contrib/{server}/{gateway}.conf)"

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 import compare
-from compare import HERE, MAILBOXD, ROOT, free_port, summarize, wait_port
+from compare import MAILBOXD, free_port, wait_port
 
 NCHAN_REDIS = """
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
@@ -160,8 +160,7 @@ def main():
     for tool in ("nginx", "redis-server"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install nginx libnginx-mod-nchan redis-server")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")], check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(HERE, "Cargo.toml")], check=True)
+    compare.build()
     big = 5000 if a.quick else 50000
     fan_n = 2000 if a.quick else 10000
     thr = (200, 20000) if a.quick else (1000, 200000)
@@ -170,17 +169,7 @@ def main():
     rows = []
 
     def row(name, unit, res, key, fmt="{:.0f}", scale=1.0):
-        cells, meds = [], {}
-        for k in ("mailboxd", "nchan"):
-            vals = [r[key] * scale for r in res.get(k, [])]
-            if vals:
-                meds[k], text = summarize(vals, fmt)
-            else:
-                text = "n/a"
-            cells.append(text)
-        ratio = f"{meds['mailboxd'] / meds['nchan']:.2f}×" if meds.get("nchan") and "mailboxd" in meds else "–"
-        rows.append((f"{name} ({unit})", *cells, ratio))
-        print("  ", rows[-1], flush=True)
+        compare.table_row(rows, ["mailboxd", "nchan"], name, unit, res, key, fmt, scale)
 
     def fan_rows(label, res):
         row(f"{label}: time to last, median", "ms", res, "last_median_us", "{:.1f}", 1e-3)

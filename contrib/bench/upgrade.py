@@ -28,12 +28,7 @@ import sys
 import tempfile
 import time
 
-from compare import BENCH, MAILBOXD, ROOT, free_port, kv, rss_kib, wait_port
-
-
-def build():
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=os.path.dirname(BENCH) + "/../..", check=True)
+from compare import BENCH, MAILBOXD, build, free_port, kv, rss_kib, wait_port
 
 
 def one(subs, store):
