@@ -50,7 +50,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::activation::{Inherited, Passed};
-use crate::conn::{Close, Session, Socket};
+use crate::conn::Session;
 use crate::server::{ListenSocket, Server};
 use crate::store::{Handover, StoreState};
 use crate::wire::handover::{self, ConnRecord, ListenerRecord, MAX_SNAPSHOT, Snapshot};
@@ -565,14 +565,15 @@ impl Server {
         }
         let count = conns.len();
         let pending: usize = conns.iter().map(|c| c.out.len()).sum();
-        let snapshot = crate::wire::handover::encode(&Snapshot {
+        let frozen = Snapshot {
             taken_ms: crate::wire::journal::to_ms(self.wall(now)),
             store,
             listeners,
             conns,
-        });
+        };
+        let snapshot = crate::wire::handover::encode(&frozen);
         if target == Target::ServiceManager {
-            return self.store_with_service_manager(&snapshot, count, pending);
+            return self.store_with_service_manager(&snapshot, &frozen, pending);
         }
         log::debug!(
             "upgrade: {count} connections frozen into {} bytes in {} ms",
@@ -611,28 +612,16 @@ impl Server {
     /// every connection in systemd's file descriptor store, then exits; the
     /// next process systemd starts gets them back. If storing fails, what
     /// was stored is removed again and the server stops cleanly instead.
-    fn store_with_service_manager(&mut self, snapshot: &[u8], count: usize, pending: usize) {
+    fn store_with_service_manager(&mut self, snapshot: &[u8], frozen: &Snapshot, pending: usize) {
         let Some(n) = self.notifier.clone() else {
             return self.abandon_upgrade("no service manager");
         };
-        let conns: Vec<i32> = self
-            .conns
-            .slab
-            .iter()
-            .filter(|(_, c)| c.close != Close::Now)
-            .map(|(_, c)| match &c.socket {
-                Socket::Tcp(s) => s.as_raw_fd(),
-                Socket::Unix(s) => s.as_raw_fd(),
-            })
-            .collect();
+        let count = frozen.conns.len();
+        let conns: Vec<i32> = frozen.conns.iter().map(|c| c.fd).collect();
         let stored = memfd(snapshot).and_then(|memfd| {
             n.store("handover", &[memfd.as_raw_fd()])?;
-            for l in self.listeners.iter().filter(|l| !l.held) {
-                let fd = match &l.socket {
-                    ListenSocket::Tcp(t) => t.as_raw_fd(),
-                    ListenSocket::Unix(u, _) => u.as_raw_fd(),
-                };
-                n.store(l.kind.name(), &[fd])?;
+            for l in frozen.listeners.iter().filter(|l| !l.held) {
+                n.store(&l.name, &[l.fd])?;
             }
             n.store("conn", &conns)
         });
