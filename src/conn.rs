@@ -7,7 +7,8 @@
 //!   input until they drain) → closed on `QUIT`, EOF or a framing error;
 //! * HTTP client: `Head` (reading a request head, under a deadline) →
 //!   `Active` (an [`Exchange`]: parked on a mailbox) → back to `Head` after a
-//!   sized long-poll answer on a keep-alive connection, or closed after flush.
+//!   sized long-poll answer on a keep-alive connection, or closed after flush
+//!   (lingering first: see [`Close::Lingering`]).
 //!
 //! Closing is deferred: handlers only set [`Close`] and queue the key; the
 //! loop reaps at the end of its turn, so nothing is freed while a delivery is
@@ -47,6 +48,17 @@ impl Read for Socket {
         match self {
             Socket::Tcp(s) => s.read(buf),
             Socket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Socket {
+    /// Shuts our sending side: the peer reads end-of-file after what was
+    /// written.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Socket::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         }
     }
 }
@@ -163,6 +175,13 @@ pub enum Close {
     No,
     /// Once its output has been written (a finished response).
     AfterFlush,
+    /// Its output is written and our side shut: what the peer still sends
+    /// is read and dropped until it closes too, for at most
+    /// [`crate::server::LINGER`]. Closing with unread input would reset the
+    /// connection, and a peer still writing (a web server's last FastCGI
+    /// record, a pipelined request) would get an error in place of the
+    /// answer it already has.
+    Lingering,
     /// At the end of this turn, dropping unsent output.
     Now,
 }
@@ -797,7 +816,8 @@ impl Conns {
                 conn.close = Close::Now;
                 self.closing.push(key);
             }
-            (_, Close::AfterFlush) => {
+            (Close::Lingering, _) => {}
+            (_, Close::AfterFlush | Close::Lingering) => {
                 conn.close = Close::AfterFlush;
                 self.schedule_flush(key);
             }

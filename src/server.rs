@@ -62,6 +62,10 @@ const LISTENER_BASE: usize = 1;
 pub const FIRST_CONN: usize = 1 << 16;
 /// Accept queue length asked of the kernel (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
+/// How long a finished connection waits for its peer to close after our
+/// side was shut ([`Close::Lingering`]): a peer that was still writing has
+/// sent it by then (Apache lingers 2 s too).
+pub const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for final output to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -475,7 +479,9 @@ impl Server {
                     return;
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    if control {
+                    if self.conns.slab[key].close == Close::Lingering {
+                        self.drain_lingering(key);
+                    } else if control {
                         self.control_readable(key, now);
                     } else {
                         self.client_readable(key, now);
@@ -781,7 +787,7 @@ impl Server {
                         );
                     }
                     if conn.close == Close::AfterFlush {
-                        self.conns.close(key, Close::Now);
+                        self.linger(key, now);
                     } else if conn.paused {
                         conn.paused = false;
                         if matches!(conn.session, Session::Control(_)) {
@@ -810,6 +816,36 @@ impl Server {
                     self.conns.close(key, Close::Now);
                 }
             }
+        }
+    }
+
+    /// A connection whose last output is written: our side is shut and it
+    /// lingers ([`Close::Lingering`]) until its peer closes, or [`LINGER`].
+    fn linger(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.slab.get_mut(key) else {
+            return;
+        };
+        if conn.socket.shutdown_write().is_err() {
+            self.conns.close(key, Close::Now);
+            return;
+        }
+        conn.close = Close::Lingering;
+        conn.paused = false;
+        conn.timer = self.timers.insert(now + LINGER, key, CONN_SLOT);
+        self.drain_lingering(key);
+    }
+
+    /// Reads and drops what a lingering connection's peer sends; closes it
+    /// once the peer has closed.
+    fn drain_lingering(&mut self, key: usize) {
+        let Some((conn, scratch)) = self.conns.with_read_buf(key) else {
+            return;
+        };
+        if !matches!(
+            crate::conn::discard_input(&mut conn.socket, scratch),
+            Ok(crate::conn::ReadEnd::Blocked)
+        ) {
+            self.conns.close(key, Close::Now);
         }
     }
 

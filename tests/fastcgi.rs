@@ -476,3 +476,46 @@ fn unfinished_params_are_capped_per_connection() {
         srv.log().contains("64 KiB of PARAMS").then_some(())
     });
 }
+
+/// A web server may still be writing a request's last records (the empty
+/// `STDIN`) when the answer has come and the connection is finished: the
+/// connection lingers, reading and dropping them, instead of resetting
+/// and failing that write (as `cgi-fcgi` saw, `EPIPE`, now and then). A
+/// peer that never closes is closed after the linger time.
+#[test]
+fn a_finished_connection_lingers_for_the_peers_last_records() {
+    let srv = fcgi_server();
+    srv.ctl().send("lena", "answered at once");
+    let connections = || field(&srv.ctl().cmd("STATS"), "connections").unwrap();
+    let mut c = FcgiClient::connect(&srv);
+    let mut request = get_request(1, false, "/comet/lena?transport=poll");
+    let stdin = request.split_off(request.len() - record(STDIN, 1, b"").len());
+    c.send(&request);
+    let (out, status) = c.response(1);
+    assert_eq!(status, 0);
+    assert!(out.contains("answered at once"), "{out}");
+    assert!(c.closed(), "end of file after the answer");
+    // Still open on mailboxd's side: late records are taken, twice over.
+    c.stream.write_all(&stdin).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    c.stream.write_all(&stdin).unwrap();
+    drop(c);
+    wait_for(Duration::from_secs(1), || {
+        (connections() == 0).then_some(())
+    });
+
+    // A peer that keeps its side open is let go after the linger time.
+    let mut idle = FcgiClient::connect(&srv);
+    idle.send(&request);
+    idle.response(1);
+    assert!(idle.closed());
+    let t = Instant::now();
+    wait_for(Duration::from_secs(5), || {
+        (connections() == 0).then_some(())
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}

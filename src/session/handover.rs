@@ -58,6 +58,10 @@ impl Server {
         };
         let mut records = Vec::with_capacity(self.conns.slab.len());
         for (_, conn) in &self.conns.slab {
+            // Finished: the old process's exit closes it, as it would have.
+            if matches!(conn.close, Close::Now | Close::Lingering) {
+                continue;
+            }
             let session = match &conn.session {
                 Session::Control(c) => {
                     if !c.pending.is_empty() {
@@ -104,9 +108,6 @@ impl Server {
                 }
                 Session::Metrics(_) => SessionRecord::Metrics,
             };
-            if conn.close == Close::Now {
-                continue;
-            }
             let input = match &conn.session {
                 Session::Control(c) => c.inbuf.clone(),
                 Session::Http(h) => h.inbuf.clone(),
